@@ -1,0 +1,105 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI serves the operator API under /asap/ on Caddy's admin endpoint,
+// which is private (localhost) by default. It keeps no state: each request
+// reaches the running config's asap app.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.asap",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
+	}
+}
+
+// runningApp is the asap app of the config that is running now.
+func runningApp() (*App, error) {
+	app, err := caddy.ActiveContext().AppIfConfigured("asap")
+	if err != nil {
+		return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err,
+			Message: "no asap handler is configured; add an asap block to the Caddyfile"}
+	}
+	return app.(*App), nil
+}
+
+// Status is the answer of GET /asap/status.
+type Status struct {
+	Version       string        `json:"version"`
+	CaddyVersion  string        `json:"caddy_version"`
+	StartedAt     time.Time     `json:"started_at"`
+	UptimeSeconds float64       `json:"uptime_seconds"`
+	Agents        []AgentStatus `json:"agents"`
+}
+
+// AgentStatus describes one asap handler.
+type AgentStatus struct {
+	Agent      string `json:"agent"`
+	Storage    string `json:"storage"`
+	Durability string `json:"durability"`
+	Delegation string `json:"delegation"`
+	tasklog.Counts
+	Rejected uint64 `json:"requests_rejected"`
+}
+
+func serveStatus(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Message: "use GET"}
+	}
+	app, err := runningApp()
+	if err != nil {
+		return err
+	}
+	_, caddyVersion := caddy.Version()
+	st := Status{
+		Version:       Version,
+		CaddyVersion:  caddyVersion,
+		StartedAt:     processStart.UTC(),
+		UptimeSeconds: time.Since(processStart).Seconds(),
+		Agents:        []AgentStatus{},
+	}
+	for _, h := range app.handlerList() {
+		as := AgentStatus{
+			Agent:      h.Agent,
+			Storage:    h.Storage,
+			Durability: h.Durability,
+			Delegation: h.Delegation,
+			Rejected:   h.rejected.Load(),
+		}
+		db, err := h.store.Wait(r.Context(), storeWait)
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
+		}
+		if as.Counts, err = tasklog.CountsOf(db, h.Agent); err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
+		}
+		st.Agents = append(st.Agents, as)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(st)
+}
+
+// Interface guard
+var _ caddy.AdminRouter = AdminAPI{}

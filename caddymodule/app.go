@@ -1,0 +1,201 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+func init() {
+	caddy.RegisterModule(new(App))
+}
+
+// databases holds one open Badger database per directory for the whole
+// process. Caddy provisions a new config before it stops the old one, so
+// during a reload both reference the same entry (count 1→2→1) and the
+// database is never closed and reopened, nor locked twice.
+var databases = caddy.NewUsagePool()
+
+// processStart is when this process loaded the module; /asap/status
+// reports uptime from it, so reloads do not reset it.
+var processStart = time.Now()
+
+// App is the `asap` app: it owns the storage handles the asap handlers
+// use. It opens them in Start, never in Provision, so `caddy validate`
+// never touches (or waits for the lock of) a running sidecar's database.
+type App struct {
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	stores   map[string]*Store
+	handlers []*Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (*App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "asap",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets up the app.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.stores = make(map[string]*Store)
+	return nil
+}
+
+// Store is a handler's reference to a database that the app opens in
+// Start. Handlers are provisioned before apps start (and Caddy starts apps
+// in no fixed order), so a request can arrive before the database is open;
+// Wait covers that window.
+type Store struct {
+	dir   string
+	flush time.Duration
+	ready chan struct{}
+	db    *storage.DB
+	err   error
+}
+
+// ErrStoreUnavailable is returned by Wait when the database did not open.
+var ErrStoreUnavailable = errors.New("asap: storage is not available")
+
+// Wait returns the database once the app has opened it, waiting at most
+// d (or until ctx ends) while it is being opened.
+func (s *Store) Wait(ctx context.Context, d time.Duration) (*storage.DB, error) {
+	select {
+	case <-s.ready:
+		return s.db, s.err
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.ready:
+		return s.db, s.err
+	case <-t.C:
+		return nil, ErrStoreUnavailable
+	case <-ctx.Done():
+		return nil, ErrStoreUnavailable
+	}
+}
+
+// Dir is the database directory.
+func (s *Store) Dir() string { return s.dir }
+
+// store returns the shared reference for dir, registering it for Start.
+func (a *App) store(dir string, flush time.Duration) *Store {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s, ok := a.stores[dir]; ok {
+		return s
+	}
+	s := &Store{dir: dir, flush: flush, ready: make(chan struct{})}
+	a.stores[dir] = s
+	return s
+}
+
+func (a *App) register(h *Handler) {
+	a.mu.Lock()
+	a.handlers = append(a.handlers, h)
+	a.mu.Unlock()
+}
+
+type openDB struct{ *storage.DB }
+
+// Destruct closes the database once the last config using it is gone.
+func (o openDB) Destruct() error { return o.Close() }
+
+// Start opens (or, on reload, shares) every database a handler asked for.
+func (a *App) Start() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var opened []string
+	for _, dir := range a.sortedDirs() {
+		s := a.stores[dir]
+		val, loaded, err := databases.LoadOrNew(dir, func() (caddy.Destructor, error) {
+			db, err := storage.Open(storage.Options{Dir: dir, Logger: a.logger.Named("storage"), FlushInterval: s.flush})
+			if err != nil {
+				return nil, err
+			}
+			return openDB{db}, nil
+		})
+		if err != nil {
+			a.abortStart(opened, err)
+			return fmt.Errorf("asap: opening storage %s: %w", dir, err)
+		}
+		opened = append(opened, dir)
+		s.db = val.(openDB).DB
+		close(s.ready)
+		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
+	}
+	return nil
+}
+
+// abortStart gives back what a failed Start took and fails every waiter.
+func (a *App) abortStart(opened []string, cause error) {
+	for _, d := range opened {
+		_, _ = databases.Delete(d)
+	}
+	for _, s := range a.stores {
+		s.db, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
+		select {
+		case <-s.ready:
+		default:
+			close(s.ready)
+		}
+	}
+}
+
+// Stop releases this config's references; the database closes when no
+// config uses it any more.
+func (a *App) Stop() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var errs []error
+	for _, dir := range a.sortedDirs() {
+		s := a.stores[dir]
+		select {
+		case <-s.ready:
+		default:
+			continue // never started
+		}
+		if s.err != nil {
+			continue
+		}
+		if _, err := databases.Delete(dir); err != nil {
+			errs = append(errs, fmt.Errorf("asap: closing storage %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (a *App) sortedDirs() []string {
+	dirs := make([]string, 0, len(a.stores))
+	for d := range a.stores {
+		dirs = append(dirs, d)
+	}
+	sort.Strings(dirs)
+	return dirs
+}
+
+func (a *App) handlerList() []*Handler {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]*Handler(nil), a.handlers...)
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

@@ -1,0 +1,228 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/asap-sidecar/asap-sidecar/config"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("asap", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("asap", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	asap {
+//		agent           <urn>
+//		key             <private key file>
+//		trust           <urn> <public key file>
+//		delegation      require|optional|off
+//		action          <payload type> <scope>
+//		max_chain_depth <n>
+//		max_token_size  <size>
+//		clock_skew      <duration>
+//		storage         <dir>
+//		durability      strict|relaxed
+//		flush_interval  <duration>
+//		retention       <duration>
+//		sla {
+//			availability    <percent>
+//			max_latency_p95 <duration>
+//			max_error_rate  <percent>
+//			support_hours   <text>
+//			health_interval <duration>
+//			min_samples     <n>
+//		}
+//		alert webhook   <url>
+//		max_body        <size>
+//		max_batch       <n>
+//		inspect_limit   <size>
+//	}
+//
+// Values are checked here for form and in Validate for range, so that both
+// `caddy adapt` and `caddy validate` name the option at fault.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.Errf("asap takes no arguments on its first line, got %q; put options in a block", d.Val())
+	}
+	o := &h.Options
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "agent":
+			err = oneArg(d, &o.Agent)
+		case "key":
+			err = oneArg(d, &o.KeyFile)
+		case "trust":
+			var t config.Trust
+			if !d.Args(&t.Agent, &t.KeyFile) || d.NextArg() {
+				return d.Errf("trust takes <urn> <public key file>")
+			}
+			o.Trust = append(o.Trust, t)
+		case "delegation":
+			err = oneArg(d, &o.Delegation)
+		case "action":
+			var pt, scope string
+			if !d.Args(&pt, &scope) || d.NextArg() {
+				return d.Errf("action takes <payload type> <scope>")
+			}
+			if o.Actions == nil {
+				o.Actions = map[string]string{}
+			}
+			o.Actions[pt] = scope
+		case "max_chain_depth":
+			err = intArg(d, &o.MaxChainDepth)
+		case "max_token_size":
+			err = sizeArg(d, &o.MaxTokenSize)
+		case "clock_skew":
+			err = durArg(d, &o.ClockSkew)
+		case "storage":
+			err = oneArg(d, &o.Storage)
+		case "durability":
+			err = oneArg(d, &o.Durability)
+		case "flush_interval":
+			err = durArg(d, &o.FlushInterval)
+		case "retention":
+			err = durArg(d, &o.Retention)
+		case "sla":
+			if d.NextArg() {
+				return d.Errf("sla takes a block, not %q", d.Val())
+			}
+			if o.SLA == nil {
+				o.SLA = new(config.SLA)
+			}
+			err = parseSLA(d, o.SLA)
+		case "alert":
+			var kind, target string
+			if !d.Args(&kind, &target) || d.NextArg() {
+				return d.Errf("alert takes webhook <url>")
+			}
+			if kind != "webhook" {
+				return d.Errf("alert: unknown sink %q; use webhook", kind)
+			}
+			o.Alerts = append(o.Alerts, config.Alert{Webhook: target})
+		case "max_body":
+			err = sizeArg(d, &o.MaxBody)
+		case "max_batch":
+			err = intArg(d, &o.MaxBatch)
+		case "inspect_limit":
+			err = sizeArg(d, &o.InspectLimit)
+		default:
+			return d.Errf("unknown asap option %q", opt)
+		}
+		if err != nil {
+			return d.Errf("asap option %s: %v", opt, err)
+		}
+	}
+	return nil
+}
+
+func parseSLA(d *caddyfile.Dispenser, s *config.SLA) error {
+	for d.NextBlock(1) {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "availability":
+			err = percentArg(d, &s.Availability)
+		case "max_latency_p95":
+			err = durArg(d, &s.MaxLatencyP95)
+		case "max_error_rate":
+			err = percentArg(d, &s.MaxErrorRate)
+		case "support_hours":
+			err = oneArg(d, &s.SupportHours)
+		case "health_interval":
+			err = durArg(d, &s.HealthInterval)
+		case "min_samples":
+			err = intArg(d, &s.MinSamples)
+		default:
+			return d.Errf("unknown asap sla option %q", opt)
+		}
+		if err != nil {
+			return d.Errf("asap option sla %s: %v", opt, err)
+		}
+	}
+	return nil
+}
+
+type argError string
+
+func (e argError) Error() string { return string(e) }
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return argError("missing value")
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return argError("takes one value, got another: " + strconv.Quote(d.Val()))
+	}
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return argError(strconv.Quote(s) + " is not a whole number")
+	}
+	*dst = n
+	return nil
+}
+
+func durArg(d *caddyfile.Dispenser, dst *config.Duration) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := config.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*dst = config.Duration(v)
+	return nil
+}
+
+func sizeArg(d *caddyfile.Dispenser, dst *config.Size) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := config.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*dst = v
+	return nil
+}
+
+func percentArg(d *caddyfile.Dispenser, dst **config.Percent) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := config.ParsePercent(s)
+	if err != nil {
+		return err
+	}
+	*dst = &v
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,380 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/oklog/ulid/v2"
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+	"github.com/asap-sidecar/asap-sidecar/config"
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Handler is the `asap` HTTP handler. It sits in front of reverse_proxy,
+// checks every ASAP call, forwards the good ones untouched and records what
+// the agent answered.
+type Handler struct {
+	config.Options
+
+	logger     *zap.Logger
+	app        *App
+	store      *Store
+	durability storage.Durability
+	limits     protocol.Limits
+	rejected   atomic.Uint64
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.asap",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision applies defaults and attaches the handler to the asap app.
+// It stays cheap: no file or network I/O beyond what the options name.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.Options.ApplyDefaults()
+	if h.Storage == "" {
+		h.Storage = filepath.Join(caddy.AppDataDir(), "asap")
+	}
+	h.durability, _ = storage.ParseDurability(h.Durability)
+	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
+	appIface, err := ctx.App("asap")
+	if err != nil {
+		return fmt.Errorf("asap: loading the asap app: %w", err)
+	}
+	h.app = appIface.(*App)
+	h.store = h.app.store(h.Storage, h.FlushInterval.Std())
+	h.app.register(h)
+	return nil
+}
+
+// Validate checks the options.
+func (h *Handler) Validate() error { return h.Options.Validate() }
+
+// storeWait bounds how long a request waits for the database to open at
+// startup before it is answered 503.
+const storeWait = 10 * time.Second
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !inspects(r) {
+		return next.ServeHTTP(w, r)
+	}
+	if r.ContentLength > int64(h.MaxBody) {
+		// Refuse before reading a byte of it.
+		return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.MaxBody)))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
+		}
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("asap: reading request body: %w", err))
+	}
+	req, perr := protocol.ParseRequest(body, h.limits)
+	if perr != nil {
+		return h.reject(w, http.StatusOK, perr.JSON())
+	}
+	if !req.Forwardable() {
+		return h.reject(w, http.StatusOK, localAnswer(req))
+	}
+	db, err := h.store.Wait(r.Context(), storeWait)
+	if err != nil {
+		h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
+		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
+			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
+	}
+
+	forward := forwardBody(req, body)
+	r.Body = io.NopCloser(bytes.NewReader(forward))
+	r.ContentLength = int64(len(forward))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(forward)), nil }
+
+	cw := newCapture(w, true, int(h.InspectLimit))
+	started := time.Now()
+	upstreamErr := next.ServeHTTP(cw, r)
+	elapsed := time.Since(started)
+
+	out := h.outcome(req, cw, upstreamErr)
+	records := h.records(req, out, started, elapsed)
+	pending := db.Submit(h.durability, func(tx *storage.Tx) error {
+		for i := range records {
+			if err := tasklog.Put(tx, &records[i], h.Retention.Std()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if h.durability == storage.Strict {
+		if err := pending.Wait(r.Context()); err != nil {
+			h.logger.Error("task records not stored; answering 503 so the client does not take an unrecorded answer",
+				zap.Int("calls", len(records)), zap.Error(err))
+			if !cw.passing {
+				return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "record_not_durable",
+					"the task ran but its record could not be stored; check the sidecar's storage").WithID(singleID(req)).JSON())
+			}
+		}
+	}
+	if out.replace == nil {
+		return cw.release(out.body)
+	}
+	if cw.passing {
+		// Bytes already reached the client: nothing sane can be added.
+		return upstreamErr
+	}
+	cw.status, cw.wroteHeader = out.status, true
+	cw.Header().Set("Content-Type", "application/json")
+	return cw.release(out.replace)
+}
+
+// inspects reports whether r is an ASAP call the handler checks. Everything
+// else (discovery, health, WebSocket upgrades, other paths) passes through.
+func inspects(r *http.Request) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	if strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade") {
+		return false
+	}
+	p := strings.TrimSuffix(path.Clean("/"+r.URL.Path), "/")
+	return p == "/asap" || p == "/asap/stream"
+}
+
+func (h *Handler) tooLarge() []byte {
+	e := protocol.NewError(protocol.CodeInvalidRequest, "body_too_large",
+		fmt.Sprintf("the request body is larger than max_body (%d bytes); send less or raise max_body", h.MaxBody))
+	e.Extra = map[string]any{"limit": int64(h.MaxBody)}
+	return e.JSON()
+}
+
+// reject answers without forwarding.
+func (h *Handler) reject(w http.ResponseWriter, status int, body []byte) error {
+	h.rejected.Add(1)
+	return writeJSON(w, status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body []byte) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+	w.WriteHeader(status)
+	_, err := w.Write(body)
+	return err
+}
+
+// localAnswer is the answer to a request none of whose calls is forwarded.
+func localAnswer(req *protocol.Request) []byte {
+	if !req.Batch {
+		return req.Calls[0].Err.JSON()
+	}
+	objs := make([]any, len(req.Calls))
+	for i, c := range req.Calls {
+		objs[i] = c.Err.Object()
+	}
+	b, _ := json.Marshal(objs)
+	return b
+}
+
+// forwardBody is the body the agent gets: the original bytes when every
+// call is forwarded, else a batch of just the good calls, each untouched.
+func forwardBody(req *protocol.Request, body []byte) []byte {
+	if !req.Batch {
+		return body
+	}
+	good := make([]json.RawMessage, 0, len(req.Calls))
+	for _, c := range req.Calls {
+		if c.Err == nil {
+			good = append(good, c.Raw)
+		}
+	}
+	if len(good) == len(req.Calls) {
+		return body
+	}
+	b, _ := json.Marshal(good)
+	return b
+}
+
+func singleID(req *protocol.Request) json.RawMessage {
+	if req.Batch {
+		return nil
+	}
+	return req.Calls[0].ID
+}
+
+// outcome is what the agent's answer means for the records and the client.
+type outcome struct {
+	replies  []protocol.Reply // what the agent answered, in order
+	failAll  bool             // every forwarded call failed
+	errCode  int              // JSON-RPC code when failAll
+	status   int              // HTTP status the client gets with replace
+	body     []byte           // held answer with sidecar errors merged in
+	replace  []byte           // answer replacing the agent's
+	httpCode int              // status the agent answered
+}
+
+func (h *Handler) outcome(req *protocol.Request, cw *capture, upstreamErr error) outcome {
+	out := outcome{status: cw.status, httpCode: cw.status}
+	if upstreamErr != nil && !cw.passing {
+		// Unreachable, timed out, or reset before the answer was complete.
+		code, status, reason := protocol.CodeConnectionError, http.StatusBadGateway, "agent_unreachable"
+		var he caddyhttp.HandlerError
+		if errors.As(upstreamErr, &he) && he.StatusCode == http.StatusGatewayTimeout {
+			code, status, reason = protocol.CodeTimeout, http.StatusGatewayTimeout, "agent_timeout"
+		}
+		h.logger.Warn("agent did not answer", zap.String("reason", reason), zap.Error(upstreamErr))
+		out.failAll, out.errCode, out.status = true, code, status
+		out.replace = upstreamFailure(req, code, reason, "the agent could not be reached or did not finish its answer; retry later")
+		return out
+	}
+	body := cw.inspected()
+	var replies []protocol.Reply
+	var perr error
+	if strings.HasPrefix(cw.Header().Get("Content-Type"), "text/event-stream") {
+		replies = protocol.ParseSSE(body)
+	} else {
+		replies, perr = protocol.ParseResponse(body)
+	}
+	if perr != nil && cw.held() && (cw.status < 300 || cw.status >= 500) {
+		h.logger.Warn("agent answered something that is not JSON-RPC", zap.Int("status", cw.status), zap.Int("bytes", len(body)))
+		out.failAll, out.errCode, out.status = true, protocol.CodeRemoteError, http.StatusBadGateway
+		out.replace = upstreamFailure(req, protocol.CodeRemoteError, "invalid_agent_answer", "the agent's answer is not a JSON-RPC response")
+		return out
+	}
+	out.replies = replies
+	if cw.status >= 500 {
+		out.failAll, out.errCode = true, protocol.CodeRemoteError
+	}
+	if req.Batch && cw.held() {
+		out.body = mergeBatch(req, body)
+	}
+	return out
+}
+
+// mergeBatch appends the sidecar's answers for rejected calls to the
+// agent's batch answer.
+func mergeBatch(req *protocol.Request, agentBody []byte) []byte {
+	var errs []json.RawMessage
+	for _, c := range req.Calls {
+		if c.Err != nil {
+			errs = append(errs, c.Err.JSON())
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(agentBody, &elems); err != nil {
+		elems = []json.RawMessage{json.RawMessage(bytes.TrimSpace(agentBody))}
+	}
+	b, _ := json.Marshal(append(elems, errs...))
+	return b
+}
+
+// upstreamFailure answers every call of req with the same error; rejected
+// calls keep their own error.
+func upstreamFailure(req *protocol.Request, code int, reason, detail string) []byte {
+	e := protocol.NewError(code, reason, detail)
+	if !req.Batch {
+		return e.WithID(req.Calls[0].ID).JSON()
+	}
+	objs := make([]any, len(req.Calls))
+	for i, c := range req.Calls {
+		if c.Err != nil {
+			objs[i] = c.Err.Object()
+		} else {
+			objs[i] = e.WithID(c.ID).Object()
+		}
+	}
+	b, _ := json.Marshal(objs)
+	return b
+}
+
+// records builds one record per forwarded call.
+func (h *Handler) records(req *protocol.Request, out outcome, started time.Time, elapsed time.Duration) []tasklog.Record {
+	recs := make([]tasklog.Record, 0, len(req.Calls))
+	for _, c := range req.Calls {
+		if c.Err != nil {
+			continue
+		}
+		env := &c.Envelope
+		rec := tasklog.Record{
+			EnvelopeID:  env.ID,
+			AgentID:     h.Agent,
+			ConsumerID:  env.Sender,
+			PayloadType: env.Type().String(),
+			Outcome:     tasklog.OutcomeCompleted,
+			HTTPStatus:  out.httpCode,
+			DurationMS:  float64(elapsed.Microseconds()) / 1000,
+			StartedAt:   started.UTC(),
+		}
+		if rec.EnvelopeID == "" {
+			// No id to deduplicate on; keep the record under a fresh one.
+			rec.EnvelopeID = "anon_" + ulid.Make().String()
+		}
+		if rec.AgentID == "" {
+			rec.AgentID = env.Recipient
+		}
+		rep, ok := replyFor(req, c.ID, out.replies)
+		if ok {
+			rec.TaskID, rec.Status, rec.ErrorCode = rep.TaskID, rep.Status, rep.ErrorCode
+			if rep.Failed() {
+				rec.Outcome = tasklog.OutcomeFailed
+			}
+		}
+		if out.failAll {
+			rec.Outcome = tasklog.OutcomeFailed
+			if rec.ErrorCode == 0 {
+				rec.ErrorCode = out.errCode
+			}
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// replyFor finds the agent's reply to the call with this id. A single
+// call's answer is the last reply: the one JSON-RPC response, or the final
+// chunk of a stream (SSE envelopes carry no JSON-RPC id).
+func replyFor(req *protocol.Request, id json.RawMessage, replies []protocol.Reply) (protocol.Reply, bool) {
+	if len(replies) == 0 {
+		return protocol.Reply{}, false
+	}
+	if !req.Batch {
+		return replies[len(replies)-1], true
+	}
+	for _, r := range replies {
+		if bytes.Equal(r.ID, id) {
+			return r, true
+		}
+	}
+	return protocol.Reply{}, false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

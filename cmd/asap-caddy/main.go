@@ -1,0 +1,17 @@
+// Command asap-caddy is Caddy with the standard modules plus the ASAP
+// sidecar modules: the asap handler, app, admin API and subcommands, and the
+// demo agent.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/asap-sidecar/asap-sidecar/caddymodule"
+	_ "github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
+)
+
+func main() {
+	caddycmd.Main()
+}

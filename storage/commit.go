@@ -1,0 +1,275 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// Tx is the write view one submitted function gets. Its writes are staged
+// and reach Badger only when the function returns nil, so a failing writer
+// never leaves half a record in the shared transaction. Reads see the
+// function's own staged writes, then everything committed or applied before
+// it (including earlier writers of the same group).
+type Tx struct {
+	txn  *badger.Txn
+	ops  []op
+	idx  map[string]int // key → index in ops of its latest write
+	size int
+}
+
+type op struct {
+	key, val []byte
+	ttl      time.Duration
+	del      bool
+}
+
+// Get returns the value at key, or ErrNotFound.
+func (tx *Tx) Get(key []byte) ([]byte, error) {
+	if i, ok := tx.idx[string(key)]; ok {
+		if tx.ops[i].del {
+			return nil, ErrNotFound
+		}
+		return tx.ops[i].val, nil
+	}
+	item, err := tx.txn.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
+
+// Scan reads committed data and earlier writers' data with the given
+// prefix. It does not see this Tx's own staged writes.
+func (tx *Tx) Scan(prefix []byte, reverse bool, fn func(key, val []byte) (bool, error)) error {
+	return scan(tx.txn, prefix, nil, reverse, fn)
+}
+
+// Set stages key=val. The slices must not be modified afterwards.
+func (tx *Tx) Set(key, val []byte) { tx.put(op{key: key, val: val}) }
+
+// SetWithTTL stages key=val that Badger drops after ttl (ttl <= 0: never).
+func (tx *Tx) SetWithTTL(key, val []byte, ttl time.Duration) {
+	tx.put(op{key: key, val: val, ttl: ttl})
+}
+
+// Delete stages the removal of key.
+func (tx *Tx) Delete(key []byte) { tx.put(op{key: key, del: true}) }
+
+// AddUint64 adds delta to the big-endian counter at key and returns the new
+// value. A missing key counts from zero.
+func (tx *Tx) AddUint64(key []byte, delta uint64) (uint64, error) {
+	cur, err := tx.GetUint64(key)
+	if err != nil {
+		return 0, err
+	}
+	cur += delta
+	tx.Set(key, EncodeUint64(cur))
+	return cur, nil
+}
+
+// GetUint64 reads a counter written by AddUint64 (0 if missing).
+func (tx *Tx) GetUint64(key []byte) (uint64, error) {
+	v, err := tx.Get(key)
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return DecodeUint64(v)
+}
+
+func (tx *Tx) put(o op) {
+	if tx.idx == nil {
+		tx.idx = make(map[string]int, 4)
+	}
+	// Badger counts about this much per entry against its batch limit.
+	tx.size += len(o.key) + len(o.val) + 32
+	if i, ok := tx.idx[string(o.key)]; ok {
+		tx.ops[i] = o
+		return
+	}
+	tx.idx[string(o.key)] = len(tx.ops)
+	tx.ops = append(tx.ops, o)
+}
+
+func (tx *Tx) applyTo(txn *badger.Txn) error {
+	for _, o := range tx.ops {
+		var err error
+		switch {
+		case o.del:
+			err = txn.Delete(o.key)
+		case o.ttl > 0:
+			err = txn.SetEntry(badger.NewEntry(o.key, o.val).WithTTL(o.ttl))
+		default:
+			err = txn.Set(o.key, o.val)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EncodeUint64 is the big-endian form counters and sequence keys use, so
+// that byte order is numeric order.
+func EncodeUint64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// DecodeUint64 reverses EncodeUint64.
+func DecodeUint64(b []byte) (uint64, error) {
+	if len(b) != 8 {
+		return 0, fmt.Errorf("storage: counter value has %d bytes, want 8", len(b))
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// commitLoop is the single writer. It takes whatever writes are waiting,
+// applies them in arrival order to one transaction, commits, syncs once if
+// any of them is strict, and then releases every waiter. Writes arriving
+// during a sync form the next group, so the group size adapts to load.
+func (db *DB) commitLoop() {
+	defer db.done.Done()
+	batch := make([]*pending, 0, db.opts.MaxBatch)
+	for {
+		select {
+		case p := <-db.queue:
+			batch = append(batch[:0], p)
+		case <-db.stop:
+			db.drain(batch[:0])
+			return
+		}
+		batch = db.gather(batch)
+		db.commitGroup(batch)
+	}
+}
+
+func (db *DB) gather(batch []*pending) []*pending {
+	for len(batch) < db.opts.MaxBatch {
+		select {
+		case p := <-db.queue:
+			batch = append(batch, p)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// drain commits everything still queued when Close is called.
+func (db *DB) drain(batch []*pending) {
+	for {
+		batch = db.gather(batch[:0])
+		if len(batch) == 0 {
+			return
+		}
+		db.commitGroup(batch)
+	}
+}
+
+func (db *DB) commitGroup(batch []*pending) {
+	// Leave Badger headroom: our size estimate is approximate.
+	maxSize := db.bdb.MaxBatchSize() * 8 / 10
+	maxCount := db.bdb.MaxBatchCount() * 8 / 10
+
+	txn := db.bdb.NewTransaction(true)
+	var inTxn []*pending
+	var size, count int64
+	for _, p := range batch {
+		tx := &Tx{txn: txn}
+		if err := runWriter(p.fn, tx); err != nil {
+			p.finish(err)
+			continue
+		}
+		if int64(tx.size) > maxSize || int64(len(tx.ops)) > maxCount {
+			p.finish(fmt.Errorf("storage: one write of %d bytes in %d keys exceeds the transaction limit", tx.size, len(tx.ops)))
+			continue
+		}
+		if size+int64(tx.size) > maxSize || count+int64(len(tx.ops)) > maxCount {
+			// This writer does not fit: commit the group so far and give
+			// it a fresh transaction. Its function already ran against
+			// the old one; rerun it so its reads see the committed state.
+			db.finishTxn(txn, inTxn)
+			txn = db.bdb.NewTransaction(true)
+			inTxn, size, count = inTxn[:0], 0, 0
+			tx = &Tx{txn: txn}
+			if err := runWriter(p.fn, tx); err != nil {
+				p.finish(err)
+				continue
+			}
+		}
+		if err := tx.applyTo(txn); err != nil {
+			// Cannot happen within the limits above; fail the whole
+			// transaction rather than commit a partial record.
+			txn.Discard()
+			for _, q := range inTxn {
+				q.finish(fmt.Errorf("storage: staging write: %w", err))
+			}
+			p.finish(fmt.Errorf("storage: staging write: %w", err))
+			txn = db.bdb.NewTransaction(true)
+			inTxn, size, count = inTxn[:0], 0, 0
+			continue
+		}
+		inTxn = append(inTxn, p)
+		size += int64(tx.size)
+		count += int64(len(tx.ops))
+	}
+	db.finishTxn(txn, inTxn)
+}
+
+// finishTxn commits txn, syncs when any writer asked for strict
+// durability, and releases the writers.
+func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
+	if len(writers) == 0 {
+		txn.Discard()
+		return
+	}
+	err := txn.Commit()
+	if err == nil {
+		strict := false
+		for _, p := range writers {
+			if p.durability == Strict {
+				strict = true
+				break
+			}
+		}
+		if strict {
+			err = db.bdb.Sync()
+		} else {
+			db.dirtyMu.Lock()
+			db.dirty = true
+			db.dirtyMu.Unlock()
+		}
+	}
+	if err != nil {
+		db.logger.Error("committing write group", zap.Int("writers", len(writers)), zap.Error(err))
+		err = fmt.Errorf("storage: commit: %w", err)
+	}
+	for _, p := range writers {
+		p.finish(err)
+	}
+}
+
+func (p *pending) finish(err error) {
+	p.err = err
+	close(p.done)
+}
+
+// runWriter calls fn, turning a panic into an error so one bad writer
+// cannot take the pipeline (and every later write) down with it.
+func runWriter(fn func(*Tx) error, tx *Tx) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("storage: writer panicked: %v", r)
+		}
+	}()
+	return fn(tx)
+}

@@ -1,0 +1,332 @@
+// Package storage owns the sidecar's one embedded Badger database: the key
+// spaces every feature writes into, a group-commit pipeline that lets
+// concurrent writers share one transaction and one fsync, and helpers for the
+// range scans queries are built from.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"go.uber.org/zap"
+)
+
+// Options configures Open. Zero values take the documented defaults.
+type Options struct {
+	// Dir is the directory Badger keeps its files in. Required.
+	Dir string
+	// Logger receives Badger's own log lines and the pipeline's errors.
+	Logger *zap.Logger
+	// FlushInterval is how often relaxed writes are synced to disk.
+	// Default 1s.
+	FlushInterval time.Duration
+	// MaxBatch caps how many writes share one transaction. Default 256.
+	MaxBatch int
+	// GCInterval is how often the value log is garbage collected so that
+	// expired (TTL) and deleted records give their space back. Default 10m.
+	GCInterval time.Duration
+}
+
+// DB is the shared database handle. It is safe for concurrent use.
+type DB struct {
+	bdb    *badger.DB
+	dir    string
+	logger *zap.Logger
+	opts   Options
+
+	queue chan *pending
+	// closeMu guards closed so no writer enqueues after Close drained the queue.
+	closeMu sync.RWMutex
+	closed  bool
+	stop    chan struct{}
+	done    sync.WaitGroup
+	// dirty is set when relaxed writes were committed but not yet synced.
+	dirtyMu sync.Mutex
+	dirty   bool
+}
+
+// ErrClosed is returned by writes submitted after Close.
+var ErrClosed = errors.New("storage: database is closed")
+
+// ErrNotFound is returned by Tx.Get for a missing key.
+var ErrNotFound = badger.ErrKeyNotFound
+
+// Open opens (creating if needed) the database in opts.Dir and starts the
+// commit pipeline. Badger holds a lock on the directory until Close, so a
+// second Open of the same directory in another process fails with a clear
+// error.
+func Open(opts Options) (*DB, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("storage: no directory given; set the storage option")
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = time.Second
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 256
+	}
+	if opts.GCInterval <= 0 {
+		opts.GCInterval = 10 * time.Minute
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("storage: creating %s: %w", opts.Dir, err)
+	}
+	bopts := badger.DefaultOptions(opts.Dir).
+		WithLogger(badgerLogger{opts.Logger.Sugar()}).
+		// The pipeline is the only writer and fsyncs explicitly once per
+		// group, so Badger itself need not sync every commit.
+		WithSyncWrites(false).
+		// One goroutine applies every write in order, so optimistic
+		// conflict detection would only cost time.
+		WithDetectConflicts(false).
+		// A sidecar shares its host with the agent: keep Badger's memory
+		// far below its server defaults (64 MiB x 5 memtables, 256 MiB cache).
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(3).
+		WithBlockCacheSize(32 << 20).
+		WithIndexCacheSize(16 << 20).
+		WithNumCompactors(2).
+		WithValueLogFileSize(64 << 20)
+	bdb, err := badger.Open(bopts)
+	if err != nil {
+		return nil, fmt.Errorf("storage: opening Badger in %s: %w (is another sidecar using this directory?)", opts.Dir, err)
+	}
+	db := &DB{
+		bdb:    bdb,
+		dir:    opts.Dir,
+		logger: opts.Logger,
+		opts:   opts,
+		queue:  make(chan *pending, 4*opts.MaxBatch),
+		stop:   make(chan struct{}),
+	}
+	db.done.Add(3)
+	go db.commitLoop()
+	go db.flushLoop()
+	go db.gcLoop()
+	return db, nil
+}
+
+// Dir is the directory the database lives in.
+func (db *DB) Dir() string { return db.dir }
+
+// Close finishes every write already submitted, syncs, and closes Badger.
+func (db *DB) Close() error {
+	db.closeMu.Lock()
+	if db.closed {
+		db.closeMu.Unlock()
+		return nil
+	}
+	db.closed = true
+	close(db.stop)
+	db.closeMu.Unlock()
+	db.done.Wait()
+	syncErr := db.bdb.Sync()
+	closeErr := db.bdb.Close()
+	return errors.Join(syncErr, closeErr)
+}
+
+// View runs fn in a read-only snapshot of the database.
+func (db *DB) View(fn func(r *Reader) error) error {
+	return db.bdb.View(func(txn *badger.Txn) error { return fn(&Reader{txn: txn}) })
+}
+
+// Sync forces everything committed so far to disk.
+func (db *DB) Sync() error { return db.bdb.Sync() }
+
+func (db *DB) flushLoop() {
+	defer db.done.Done()
+	t := time.NewTicker(db.opts.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+			db.dirtyMu.Lock()
+			dirty := db.dirty
+			db.dirty = false
+			db.dirtyMu.Unlock()
+			if dirty {
+				if err := db.bdb.Sync(); err != nil {
+					db.logger.Error("syncing relaxed writes", zap.Error(err))
+				}
+			}
+		}
+	}
+}
+
+func (db *DB) gcLoop() {
+	defer db.done.Done()
+	t := time.NewTicker(db.opts.GCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.stop:
+			return
+		case <-t.C:
+			// Rewrite value log files until none is worth it.
+			for db.bdb.RunValueLogGC(0.5) == nil {
+				select {
+				case <-db.stop:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// Reader reads inside a snapshot given to View.
+type Reader struct {
+	txn *badger.Txn
+}
+
+// Get returns a copy of the value at key, or ErrNotFound.
+func (r *Reader) Get(key []byte) ([]byte, error) {
+	item, err := r.txn.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	return item.ValueCopy(nil)
+}
+
+// Scan calls fn for every key with the given prefix, in key order (reverse
+// order when reverse is set), until fn returns false or an error. Key and
+// value are only valid during the call.
+func (r *Reader) Scan(prefix []byte, reverse bool, fn func(key, val []byte) (bool, error)) error {
+	return scan(r.txn, prefix, nil, reverse, fn)
+}
+
+// ScanFrom is Scan starting at seek (inclusive) instead of the first key of
+// the prefix. With reverse, seek is the largest key visited.
+func (r *Reader) ScanFrom(prefix, seek []byte, reverse bool, fn func(key, val []byte) (bool, error)) error {
+	return scan(r.txn, prefix, seek, reverse, fn)
+}
+
+func scan(txn *badger.Txn, prefix, seek []byte, reverse bool, fn func(key, val []byte) (bool, error)) error {
+	opts := badger.DefaultIteratorOptions
+	opts.Prefix = prefix
+	opts.Reverse = reverse
+	opts.PrefetchValues = false
+	it := txn.NewIterator(opts)
+	defer it.Close()
+	start := seek
+	if start == nil {
+		start = prefix
+		if reverse {
+			// The largest key with this prefix sorts before prefix+0xFF...
+			start = append(append([]byte{}, prefix...), 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF)
+		}
+	}
+	for it.Seek(start); it.ValidForPrefix(prefix); it.Next() {
+		item := it.Item()
+		var cont bool
+		err := item.Value(func(v []byte) error {
+			var ferr error
+			cont, ferr = fn(item.Key(), v)
+			return ferr
+		})
+		if err != nil {
+			return err
+		}
+		if !cont {
+			return nil
+		}
+	}
+	return nil
+}
+
+// Submit hands fn to the commit pipeline and returns without waiting. fn
+// runs on the pipeline's goroutine inside a transaction shared with other
+// writers; its writes commit atomically, or not at all if fn returns an
+// error. Use Wait on the result to learn the outcome.
+func (db *DB) Submit(d Durability, fn func(tx *Tx) error) *Pending {
+	p := &pending{fn: fn, durability: d, done: make(chan struct{})}
+	db.closeMu.RLock()
+	if db.closed {
+		db.closeMu.RUnlock()
+		p.err = ErrClosed
+		close(p.done)
+		return (*Pending)(p)
+	}
+	db.queue <- p
+	db.closeMu.RUnlock()
+	return (*Pending)(p)
+}
+
+// Commit submits fn and waits until its writes are committed, and with
+// Strict durability also synced to disk.
+func (db *DB) Commit(ctx context.Context, d Durability, fn func(tx *Tx) error) error {
+	return db.Submit(d, fn).Wait(ctx)
+}
+
+// Durability says when a submitted write counts as done.
+type Durability int
+
+const (
+	// Strict writes are done once synced to disk.
+	Strict Durability = iota
+	// Relaxed writes are done once committed; the flush loop syncs them
+	// within FlushInterval.
+	Relaxed
+)
+
+// ParseDurability maps the Caddyfile words to a Durability.
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "", "strict":
+		return Strict, nil
+	case "relaxed":
+		return Relaxed, nil
+	}
+	return Strict, fmt.Errorf("unknown durability %q: use strict or relaxed", s)
+}
+
+func (d Durability) String() string {
+	if d == Relaxed {
+		return "relaxed"
+	}
+	return "strict"
+}
+
+// Pending is a submitted write.
+type Pending pending
+
+type pending struct {
+	fn         func(tx *Tx) error
+	durability Durability
+	done       chan struct{}
+	err        error
+}
+
+// Wait blocks until the write is done (see Durability) or ctx ends. The
+// write itself is not cancelled by ctx.
+func (p *Pending) Wait(ctx context.Context) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Done is closed when the write is done.
+func (p *Pending) Done() <-chan struct{} { return p.done }
+
+// Err is the write's outcome; only meaningful after Done is closed.
+func (p *Pending) Err() error { return p.err }
+
+type badgerLogger struct{ s *zap.SugaredLogger }
+
+func (l badgerLogger) Errorf(f string, a ...any)   { l.s.Errorf("badger: "+f, a...) }
+func (l badgerLogger) Warningf(f string, a ...any) { l.s.Warnf("badger: "+f, a...) }
+func (l badgerLogger) Infof(f string, a ...any)    { l.s.Debugf("badger: "+f, a...) }
+func (l badgerLogger) Debugf(f string, a ...any)   { l.s.Debugf("badger: "+f, a...) }

@@ -1,0 +1,488 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTest(t testing.TB, dir string) *DB {
+	t.Helper()
+	db, err := Open(Options{Dir: dir, FlushInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return db
+}
+
+func get(t *testing.T, db *DB, key []byte) ([]byte, error) {
+	t.Helper()
+	var v []byte
+	err := db.View(func(r *Reader) error {
+		var err error
+		v, err = r.Get(key)
+		return err
+	})
+	return v, err
+}
+
+func TestOpenNeedsDir(t *testing.T) {
+	_, err := Open(Options{})
+	if err == nil || !strings.Contains(err.Error(), "storage option") {
+		t.Fatalf("want error naming the storage option, got %v", err)
+	}
+}
+
+func TestSecondOpenOfSameDirFails(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	defer db.Close()
+	_, err := Open(Options{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "another sidecar") {
+		t.Fatalf("second open: want lock error, got %v", err)
+	}
+}
+
+func TestCommitIsVisibleAndDurableAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	key := SpaceTask.KeyString("urn:asap:agent:a", "env-1")
+	if err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+		tx.Set(key, []byte("v1"))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := get(t, db, key); err != nil || string(v) != "v1" {
+		t.Fatalf("get = %q, %v", v, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	db = openTest(t, dir)
+	defer db.Close()
+	if v, err := get(t, db, key); err != nil || string(v) != "v1" {
+		t.Fatalf("after reopen get = %q, %v", v, err)
+	}
+}
+
+func TestFailingWriterLeavesNothingAndOthersCommit(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	ctx := context.Background()
+	boom := errors.New("boom")
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i, fn := range []func(*Tx) error{
+		func(tx *Tx) error { tx.Set([]byte("ok1"), []byte("1")); return nil },
+		func(tx *Tx) error { tx.Set([]byte("bad"), []byte("x")); return boom },
+		func(tx *Tx) error { tx.Set([]byte("ok2"), []byte("2")); return nil },
+	} {
+		wg.Add(1)
+		go func(i int, fn func(*Tx) error) {
+			defer wg.Done()
+			errs[i] = db.Commit(ctx, Strict, fn)
+		}(i, fn)
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[2] != nil || !errors.Is(errs[1], boom) {
+		t.Fatalf("errors = %v", errs)
+	}
+	if _, err := get(t, db, []byte("bad")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("failed writer's key: err = %v, want not found", err)
+	}
+	for _, k := range []string{"ok1", "ok2"} {
+		if _, err := get(t, db, []byte(k)); err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+	}
+}
+
+func TestPanickingWriterIsAnErrorAndPipelineSurvives(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	ctx := context.Background()
+	err := db.Commit(ctx, Strict, func(tx *Tx) error {
+		tx.Set([]byte("p"), []byte("x"))
+		panic("kaboom")
+	})
+	if err == nil || !strings.Contains(err.Error(), "kaboom") {
+		t.Fatalf("want panic as error, got %v", err)
+	}
+	if err := db.Commit(ctx, Strict, func(tx *Tx) error { tx.Set([]byte("after"), []byte("1")); return nil }); err != nil {
+		t.Fatalf("pipeline dead after panic: %v", err)
+	}
+	if _, err := get(t, db, []byte("p")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("panicked writer's key stored: %v", err)
+	}
+}
+
+func TestCountersExactUnderConcurrency(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	key := SpaceCounter.KeyString("agent", "tasks")
+	const workers, per = 64, 50
+	var wg sync.WaitGroup
+	seen := make(chan uint64, workers*per)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				d := Strict
+				if i%2 == 1 {
+					d = Relaxed
+				}
+				err := db.Commit(context.Background(), d, func(tx *Tx) error {
+					n, err := tx.AddUint64(key, 1)
+					seen <- n
+					return err
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(seen)
+	// Every increment saw a distinct value: no lost update.
+	got := map[uint64]bool{}
+	for n := range seen {
+		if got[n] {
+			t.Fatalf("value %d handed out twice", n)
+		}
+		got[n] = true
+	}
+	v, _ := get(t, db, key)
+	n, err := DecodeUint64(v)
+	if err != nil || n != workers*per {
+		t.Fatalf("counter = %d, %v; want %d", n, err, workers*per)
+	}
+}
+
+func TestReadsSeeOwnAndEarlierWritesOfTheGroup(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	ctx := context.Background()
+	err := db.Commit(ctx, Strict, func(tx *Tx) error {
+		tx.Set([]byte("k"), []byte("a"))
+		if v, err := tx.Get([]byte("k")); err != nil || string(v) != "a" {
+			return fmt.Errorf("own write: %q %v", v, err)
+		}
+		tx.Delete([]byte("k"))
+		if _, err := tx.Get([]byte("k")); !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("own delete: %v", err)
+		}
+		tx.Set([]byte("k"), []byte("b"))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := get(t, db, []byte("k")); string(v) != "b" {
+		t.Fatalf("k = %q", v)
+	}
+	if err := db.Commit(ctx, Strict, func(tx *Tx) error { tx.Delete([]byte("k")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, db, []byte("k")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted key: %v", err)
+	}
+}
+
+func TestCorruptCounterIsAnError(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	ctx := context.Background()
+	key := []byte("c")
+	_ = db.Commit(ctx, Strict, func(tx *Tx) error { tx.Set(key, []byte("xyz")); return nil })
+	err := db.Commit(ctx, Strict, func(tx *Tx) error { _, err := tx.AddUint64(key, 1); return err })
+	if err == nil || !strings.Contains(err.Error(), "3 bytes") {
+		t.Fatalf("want counter size error, got %v", err)
+	}
+}
+
+func TestTTLExpires(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+		tx.SetWithTTL([]byte("short"), []byte("x"), time.Second)
+		tx.SetWithTTL([]byte("long"), []byte("y"), time.Hour)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := get(t, db, []byte("short")); err != nil {
+		t.Fatalf("fresh TTL key: %v", err)
+	}
+	// Badger TTLs have one-second resolution.
+	time.Sleep(2100 * time.Millisecond)
+	if _, err := get(t, db, []byte("short")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired key still readable: %v", err)
+	}
+	if _, err := get(t, db, []byte("long")); err != nil {
+		t.Fatalf("long TTL key: %v", err)
+	}
+}
+
+func TestRelaxedWritesAreSyncedByFlushLoop(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	p := db.Submit(Relaxed, func(tx *Tx) error { tx.Set([]byte("r"), []byte("1")); return nil })
+	if err := p.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if p.Err() != nil {
+		t.Fatal(p.Err())
+	}
+	db.dirtyMu.Lock()
+	dirty := db.dirty
+	db.dirtyMu.Unlock()
+	if !dirty {
+		t.Fatal("relaxed commit did not mark the database dirty")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		db.dirtyMu.Lock()
+		dirty = db.dirty
+		db.dirtyMu.Unlock()
+		if !dirty {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("flush loop never synced")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	db.Close()
+	db = openTest(t, dir)
+	defer db.Close()
+	if v, err := get(t, db, []byte("r")); err != nil || string(v) != "1" {
+		t.Fatalf("relaxed write lost: %q %v", v, err)
+	}
+}
+
+func TestSubmitAfterCloseFails(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	db.Close()
+	err := db.Commit(context.Background(), Strict, func(tx *Tx) error { return nil })
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("want ErrClosed, got %v", err)
+	}
+}
+
+func TestCloseDrainsQueuedWrites(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	var ps []*Pending
+	for i := 0; i < 500; i++ {
+		k := SpaceTask.Key(EncodeUint64(uint64(i)))
+		ps = append(ps, db.Submit(Relaxed, func(tx *Tx) error { tx.Set(k, []byte("x")); return nil }))
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range ps {
+		select {
+		case <-p.Done():
+		default:
+			t.Fatalf("write %d not finished after Close", i)
+		}
+		if p.Err() != nil {
+			t.Fatalf("write %d: %v", i, p.Err())
+		}
+	}
+	db = openTest(t, dir)
+	defer db.Close()
+	n := 0
+	db.View(func(r *Reader) error {
+		return r.Scan(SpaceTask.Prefix(), false, func(k, v []byte) (bool, error) { n++; return true, nil })
+	})
+	if n != 500 {
+		t.Fatalf("after reopen %d records, want 500", n)
+	}
+}
+
+func TestWaitHonoursContext(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	release := make(chan struct{})
+	blocker := db.Submit(Strict, func(tx *Tx) error { <-release; return nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err := db.Commit(ctx, Strict, func(tx *Tx) error { return nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("want deadline exceeded, got %v", err)
+	}
+	close(release)
+	if err := blocker.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOversizedWriteIsRejectedOthersCommit(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	big := bytes.Repeat([]byte("x"), int(db.bdb.MaxBatchSize()))
+	err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+		tx.Set([]byte("big"), big)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "exceeds the transaction limit") {
+		t.Fatalf("want limit error, got %v", err)
+	}
+	if err := db.Commit(context.Background(), Strict, func(tx *Tx) error { tx.Set([]byte("small"), []byte("1")); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGroupLargerThanOneTransactionIsSplit(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	// Each write is 1/5 of Badger's batch limit, so a group of 64 cannot
+	// fit one transaction and must be split, every write still landing
+	// whole and every counter increment exactly once.
+	val := bytes.Repeat([]byte("v"), int(db.bdb.MaxBatchSize()/5))
+	ctr := []byte("ctr")
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+				tx.Set(SpaceTask.Key(EncodeUint64(uint64(i))), val)
+				_, err := tx.AddUint64(ctr, 1)
+				return err
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	v, _ := get(t, db, ctr)
+	if n, _ := DecodeUint64(v); n != 64 {
+		t.Fatalf("counter = %d, want 64", n)
+	}
+	n := 0
+	db.View(func(r *Reader) error {
+		return r.Scan(SpaceTask.Prefix(), false, func(k, v []byte) (bool, error) {
+			if len(v) != len(val) {
+				return false, fmt.Errorf("value of %d bytes", len(v))
+			}
+			n++
+			return true, nil
+		})
+	})
+	if n != 64 {
+		t.Fatalf("%d records, want 64", n)
+	}
+}
+
+func TestScanOrderPrefixAndSeek(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	_ = db.Commit(context.Background(), Strict, func(tx *Tx) error {
+		for i := 0; i < 5; i++ {
+			tx.Set(SpaceUsage.Key([]byte("a"), EncodeUint64(uint64(i))), []byte{byte(i)})
+		}
+		tx.Set(SpaceUsage.Key([]byte("b"), EncodeUint64(9)), []byte{9})
+		tx.Set(SpaceTask.Key([]byte("a")), []byte{99})
+		return nil
+	})
+	collect := func(fn func(r *Reader, f func(k, v []byte) (bool, error)) error) []byte {
+		var out []byte
+		db.View(func(r *Reader) error {
+			return fn(r, func(k, v []byte) (bool, error) { out = append(out, v[0]); return true, nil })
+		})
+		return out
+	}
+	pa := SpaceUsage.Prefix([]byte("a"))
+	if got := collect(func(r *Reader, f func(k, v []byte) (bool, error)) error { return r.Scan(pa, false, f) }); !bytes.Equal(got, []byte{0, 1, 2, 3, 4}) {
+		t.Fatalf("forward = %v", got)
+	}
+	if got := collect(func(r *Reader, f func(k, v []byte) (bool, error)) error { return r.Scan(pa, true, f) }); !bytes.Equal(got, []byte{4, 3, 2, 1, 0}) {
+		t.Fatalf("reverse = %v", got)
+	}
+	seek := SpaceUsage.Key([]byte("a"), EncodeUint64(2))
+	if got := collect(func(r *Reader, f func(k, v []byte) (bool, error)) error { return r.ScanFrom(pa, seek, false, f) }); !bytes.Equal(got, []byte{2, 3, 4}) {
+		t.Fatalf("from 2 forward = %v", got)
+	}
+	if got := collect(func(r *Reader, f func(k, v []byte) (bool, error)) error { return r.ScanFrom(pa, seek, true, f) }); !bytes.Equal(got, []byte{2, 1, 0}) {
+		t.Fatalf("from 2 reverse = %v", got)
+	}
+	if got := collect(func(r *Reader, f func(k, v []byte) (bool, error)) error { return r.Scan(SpaceUsage.Prefix(), false, f) }); len(got) != 6 {
+		t.Fatalf("whole space = %v", got)
+	}
+	// Early stop.
+	n := 0
+	db.View(func(r *Reader) error {
+		return r.Scan(pa, false, func(k, v []byte) (bool, error) { n++; return n < 2, nil })
+	})
+	if n != 2 {
+		t.Fatalf("stopped after %d", n)
+	}
+	// Errors from the callback come back.
+	wantErr := errors.New("stop")
+	err := db.View(func(r *Reader) error {
+		return r.Scan(pa, false, func(k, v []byte) (bool, error) { return true, wantErr })
+	})
+	if !errors.Is(err, wantErr) {
+		t.Fatalf("scan error = %v", err)
+	}
+	// Tx.Scan sees committed data.
+	err = db.Commit(context.Background(), Strict, func(tx *Tx) error {
+		c := 0
+		err := tx.Scan(pa, false, func(k, v []byte) (bool, error) { c++; return true, nil })
+		if c != 5 {
+			return fmt.Errorf("tx scan saw %d", c)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	k := SpaceTask.KeyString("a", "b")
+	if !bytes.Equal(k, []byte("ta\x00b")) {
+		t.Fatalf("key = %q", k)
+	}
+	if p := SpaceTask.Prefix([]byte("a")); !bytes.Equal(p, []byte("ta\x00")) || !bytes.HasPrefix(k, p) {
+		t.Fatalf("prefix = %q", p)
+	}
+	// "a" prefix must not match "ab".
+	if bytes.HasPrefix(SpaceTask.KeyString("ab", "c"), SpaceTask.Prefix([]byte("a"))) {
+		t.Fatal("prefix of a matches ab")
+	}
+	if p := SpaceTask.Prefix(); !bytes.Equal(p, []byte("t")) {
+		t.Fatalf("space prefix = %q", p)
+	}
+}
+
+func TestDurabilityWords(t *testing.T) {
+	for in, want := range map[string]Durability{"": Strict, "strict": Strict, "relaxed": Relaxed} {
+		got, err := ParseDurability(in)
+		if err != nil || got != want {
+			t.Fatalf("%q → %v %v", in, got, err)
+		}
+	}
+	if _, err := ParseDurability("fast"); err == nil || !strings.Contains(err.Error(), "strict or relaxed") {
+		t.Fatalf("bad word: %v", err)
+	}
+	if Strict.String() != "strict" || Relaxed.String() != "relaxed" {
+		t.Fatal("String")
+	}
+}
