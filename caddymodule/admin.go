@@ -56,10 +56,13 @@ type Status struct {
 
 // AgentStatus describes one asap handler.
 type AgentStatus struct {
-	Agent      string `json:"agent"`
-	Storage    string `json:"storage"`
-	Durability string `json:"durability"`
-	Delegation string `json:"delegation"`
+	Agent   string `json:"agent"`
+	Storage string `json:"storage"`
+	// StorageOpenedAt does not change across reloads: they share the
+	// open database.
+	StorageOpenedAt time.Time `json:"storage_opened_at"`
+	Durability      string    `json:"durability"`
+	Delegation      string    `json:"delegation"`
 	tasklog.Counts
 	Rejected uint64 `json:"requests_rejected"`
 }
@@ -92,6 +95,7 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
+		as.StorageOpenedAt = h.store.openedAt.UTC()
 		if as.Counts, err = tasklog.CountsOf(db, h.Agent); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
 		}

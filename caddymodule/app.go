@@ -64,6 +64,9 @@ type Store struct {
 	ready chan struct{}
 	db    *storage.DB
 	err   error
+	// openedAt is when the process opened the database; it survives
+	// reloads, which share the open handle.
+	openedAt time.Time
 }
 
 // ErrStoreUnavailable is returned by Wait when the database did not open.
@@ -110,7 +113,10 @@ func (a *App) register(h *Handler) {
 	a.mu.Unlock()
 }
 
-type openDB struct{ *storage.DB }
+type openDB struct {
+	*storage.DB
+	openedAt time.Time
+}
 
 // Destruct closes the database once the last config using it is gone.
 func (o openDB) Destruct() error { return o.Close() }
@@ -127,14 +133,14 @@ func (a *App) Start() error {
 			if err != nil {
 				return nil, err
 			}
-			return openDB{db}, nil
+			return openDB{db, time.Now()}, nil
 		})
 		if err != nil {
 			a.abortStart(opened, err)
 			return fmt.Errorf("asap: opening storage %s: %w", dir, err)
 		}
 		opened = append(opened, dir)
-		s.db = val.(openDB).DB
+		s.db, s.openedAt = val.(openDB).DB, val.(openDB).openedAt
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
 	}

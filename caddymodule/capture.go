@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -51,18 +52,18 @@ func (c *capture) WriteHeader(code int) {
 	}
 }
 
-// holdable reports whether an answer is a JSON document the sidecar
-// inspects, as opposed to a stream it must not delay.
+// holdable reports whether an answer is a document the sidecar holds for
+// inspection, as opposed to a stream it must not delay: event streams and
+// answers of unknown length that are not JSON pass straight through.
 func holdable(h http.Header) bool {
-	ct := h.Get("Content-Type")
-	if ct == "" {
-		return true
-	}
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil {
+	mt, _, _ := mime.ParseMediaType(h.Get("Content-Type"))
+	if mt == "text/event-stream" {
 		return false
 	}
-	return mt == "application/json" || (len(mt) > 5 && mt[len(mt)-5:] == "+json")
+	if h.Get("Content-Length") != "" {
+		return true
+	}
+	return mt == "" || mt == "application/json" || strings.HasSuffix(mt, "+json")
 }
 
 func (c *capture) pass() {

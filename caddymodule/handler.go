@@ -84,13 +84,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if r.ContentLength > int64(h.MaxBody) {
 		// Refuse before reading a byte of it.
-		return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
+		return h.rejectTooLarge(w)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.MaxBody)))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
+			return h.rejectTooLarge(w)
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("asap: reading request body: %w", err))
 	}
@@ -115,7 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	cw := newCapture(w, true, int(h.InspectLimit))
 	started := time.Now()
-	upstreamErr := next.ServeHTTP(cw, r)
+	upstreamErr := serveNext(next, cw, r)
 	elapsed := time.Since(started)
 
 	out := h.outcome(req, cw, upstreamErr)
@@ -150,6 +150,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return cw.release(out.replace)
 }
 
+// serveNext calls the next handler. reverse_proxy aborts with
+// http.ErrAbortHandler when the agent's answer breaks off mid-body; while
+// the answer is still held nothing reached the client, so that becomes an
+// ordinary upstream error the client gets a JSON-RPC answer for. Once bytes
+// were passed through, the abort goes on so the client sees the cut.
+func serveNext(next caddyhttp.Handler, cw *capture, r *http.Request) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler || cw.passing {
+				panic(v)
+			}
+			err = caddyhttp.Error(http.StatusBadGateway, errors.New("the agent's answer broke off mid-body"))
+		}
+	}()
+	return next.ServeHTTP(cw, r)
+}
+
 // inspects reports whether r is an ASAP call the handler checks. Everything
 // else (discovery, health, WebSocket upgrades, other paths) passes through.
 func inspects(r *http.Request) bool {
@@ -161,6 +178,13 @@ func inspects(r *http.Request) bool {
 	}
 	p := strings.TrimSuffix(path.Clean("/"+r.URL.Path), "/")
 	return p == "/asap" || p == "/asap/stream"
+}
+
+// rejectTooLarge answers 413 and closes the connection, so that the server
+// does not first drain the unread body to keep the connection alive.
+func (h *Handler) rejectTooLarge(w http.ResponseWriter) error {
+	w.Header().Set("Connection", "close")
+	return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
 }
 
 func (h *Handler) tooLarge() []byte {

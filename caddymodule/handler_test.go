@@ -1,0 +1,520 @@
+package caddymodule
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+)
+
+func upstreamAddr(srv *httptest.Server) string {
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+const agentAnswer = `{"jsonrpc":"2.0","result":{"envelope":{"id":"01JANSWER00000000000000001","asap_version":"0.1","timestamp":"2026-11-26T01:00:01Z","sender":"urn:asap:agent:demo","recipient":"urn:asap:agent:client","payload_type":"task.response","payload":{"task_id":"task_1","status":"completed","result":{"x":"ünïcode"},"final_state":null,"metrics":{"tokens_in":11,"tokens_out":22,"api_calls":3}},"correlation_id":"01JREQ0000000000000000001","trace_id":null,"requires_ack":false,"extensions":null}},"id":"r1"}`
+
+func TestTaskPassesThroughByteIdentical(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+
+	// Odd but valid spacing must reach the agent exactly as sent.
+	body := "  " + strings.Replace(rpc("r1", envelope("01JREQ0000000000000000001", "echo", `{"text":"hi"}`)), `"method":`, `"method" :  `, 1) + "\n"
+	resp, got := post(t, s.url+"/asap", body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, got)
+	}
+	if string(got) != agentAnswer {
+		t.Fatalf("client got a different answer:\n got %s\nwant %s", got, agentAnswer)
+	}
+	if string(up.last()) != body {
+		t.Fatalf("agent got a different request:\n got %q\nwant %q", up.last(), body)
+	}
+	// Strict durability: the record is there as soon as the answer is.
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
+	if err != nil {
+		t.Fatalf("task record missing right after the answer: %v", err)
+	}
+	if rec.TaskID != "task_1" || rec.Outcome != tasklog.OutcomeCompleted || rec.ConsumerID != "urn:asap:agent:client" ||
+		rec.PayloadType != "task.request" || rec.HTTPStatus != 200 || rec.DurationMS <= 0 {
+		t.Fatalf("record = %+v", rec)
+	}
+}
+
+func TestDemoAgentThroughSidecar(t *testing.T) {
+	s := startSidecar(t, "", "agent urn:asap:agent:demo")
+	_, b := post(t, s.url+"/asap", rpc("r1", envelope("01JREQ0000000000000000002", "echo", `{"text":"hi","tokens_in":5,"tokens_out":6}`)))
+	a := decodeAnswer(t, b)
+	if a.Error != nil || a.Result == nil {
+		t.Fatalf("answer = %s", b)
+	}
+	env := a.Result.Envelope
+	if env.PayloadType != "task.response" || env.CorrelationID != "01JREQ0000000000000000002" || env.Payload.Status != "completed" ||
+		env.Payload.Metrics["tokens_in"] != 5.0 || env.Payload.Metrics["tokens_out"] != 6.0 {
+		t.Fatalf("envelope = %+v", env)
+	}
+	_, b = post(t, s.url+"/asap", rpc("r2", envelope("01JREQ0000000000000000003", "fail", `{}`)))
+	if a := decodeAnswer(t, b); a.Result.Envelope.Payload.Status != "failed" {
+		t.Fatalf("fail skill: %s", b)
+	}
+	var st Status
+	if code := getJSON(t, "http://"+s.adminAddr+"/asap/status", &st); code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	if len(st.Agents) != 1 {
+		t.Fatalf("status = %+v", st)
+	}
+	ag := st.Agents[0]
+	if ag.Agent != "urn:asap:agent:demo" || ag.Storage != s.dir || ag.Forwarded != 2 || ag.Completed != 1 || ag.Failed != 1 ||
+		st.Version != Version || st.UptimeSeconds <= 0 || ag.Durability != "strict" || ag.Delegation != "require" {
+		t.Fatalf("status = %+v", st)
+	}
+	// Discovery passes through untouched.
+	var manifest map[string]any
+	if code := getJSON(t, s.url+"/.well-known/asap/manifest.json", &manifest); code != 200 || manifest["id"] != "urn:asap:agent:demo" || manifest["sla"] == nil {
+		t.Fatalf("manifest %d %v", code, manifest)
+	}
+}
+
+func TestBadInputIsAnsweredAndNeverForwarded(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "")
+
+	good := envelope("01JREQ0000000000000000001", "echo", `{}`)
+	cases := []struct {
+		name, body string
+		code       int
+		reason     string
+	}{
+		{"malformed json", `{"jsonrpc":"2.0",`, protocol.CodeParseError, "invalid_json"},
+		{"wrong jsonrpc", strings.Replace(rpc("r", good), `"2.0"`, `"1.0"`, 1), protocol.CodeInvalidRequest, "wrong_jsonrpc_version"},
+		{"missing envelope", `{"jsonrpc":"2.0","method":"asap.send","params":{},"id":"r"}`, protocol.CodeInvalidParams, "missing_envelope"},
+		{"bad sender urn", rpc("r", strings.Replace(good, "urn:asap:agent:client", "urn:asap:agent:EVIL!", 1)), protocol.CodeInvalidParams, "invalid_sender_urn"},
+		{"bad recipient urn", rpc("r", strings.Replace(good, "urn:asap:agent:demo", "demo", 1)), protocol.CodeInvalidParams, "invalid_recipient_urn"},
+		{"invalid utf8", "{\"jsonrpc\":\"2.0\",\"method\":\"asap.send\",\"id\":\"\xff\"}", protocol.CodeParseError, "invalid_utf8"},
+		{"nesting 10000 deep", strings.Repeat("[", 10000) + strings.Repeat("]", 10000), protocol.CodeParseError, "too_deep"},
+		{"unknown method", strings.Replace(rpc("r", good), "asap.send", "admin.shutdown", 1), protocol.CodeMethodNotFound, "unknown_method"},
+		{"empty batch", `[]`, protocol.CodeInvalidRequest, "empty_batch"},
+		{"notification", strings.Replace(rpc("r", good), `,"id":"r"`, "", 1), protocol.CodeInvalidRequest, "missing_id"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, b := post(t, s.url+"/asap", tc.body)
+			if resp.StatusCode != 200 {
+				t.Fatalf("HTTP %d, want 200 (JSON-RPC errors travel with 200)", resp.StatusCode)
+			}
+			a := decodeAnswer(t, b)
+			if a.Error == nil || a.Error.Code != tc.code || a.Error.Data["reason"] != tc.reason {
+				t.Fatalf("answer = %s", b)
+			}
+		})
+	}
+	// A batch of only bad calls is answered element by element.
+	_, b := post(t, s.url+"/asap", `[1,{"jsonrpc":"2.0","method":"nope","params":{},"id":7}]`)
+	var batch []rpcAnswer
+	if err := json.Unmarshal(b, &batch); err != nil || len(batch) != 2 || batch[0].Error.Code != protocol.CodeInvalidRequest ||
+		batch[1].Error.Code != protocol.CodeMethodNotFound || string(batch[1].ID) != "7" {
+		t.Fatalf("bad batch answer = %s", b)
+	}
+	if n := up.count(); n != 0 {
+		t.Fatalf("%d bad requests reached the agent", n)
+	}
+	// The process is unharmed: a good call still goes through.
+	if _, b := post(t, s.url+"/asap", rpc("r1", good)); string(b) != agentAnswer || up.count() != 1 {
+		t.Fatalf("good call after bad input: %s", b)
+	}
+	if got := runningHandler(t).rejected.Load(); got != uint64(len(cases)+1) {
+		t.Fatalf("rejected counter = %d, want %d", got, len(cases)+1)
+	}
+}
+
+func TestOversizedBodyIs413WithoutReadingIt(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "max_body 4KiB")
+
+	// A client that announces 100 MiB and waits for 100-continue gets
+	// its 413 without sending a byte of body.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", 100<<20)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer before the body was sent: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	if a := decodeAnswer(t, b); a.Error == nil || a.Error.Data["reason"] != "body_too_large" || a.Error.Data["limit"] != 4096.0 {
+		t.Fatalf("answer = %s", b)
+	}
+
+	// A client that just sends its 100 MiB gets the 413 long before it
+	// is done, and the connection is closed on it.
+	conn2, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	var sent atomic.Int64
+	go func() {
+		fmt.Fprintf(conn2, "POST /asap HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 100<<20)
+		chunk := bytes.Repeat([]byte(" "), 64<<10)
+		for sent.Load() < 100<<20 {
+			n, err := conn2.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	conn2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err = http.ReadResponse(bufio.NewReader(conn2), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if n := sent.Load(); n > 50<<20 {
+		t.Fatalf("the client could send %d bytes before the answer: the body was read", n)
+	}
+
+	// Chunked bodies (no length announced) are cut off at the limit too.
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := bytes.Repeat([]byte(" "), 1024)
+		for i := 0; i < 1024; i++ { // up to 1 MiB, far past the limit
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, s.url+"/asap", pr)
+	req.ContentLength = -1
+	r2, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(r2.Body)
+	r2.Body.Close()
+	pr.CloseWithError(io.ErrClosedPipe)
+	if r2.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("chunked: status %d: %s", r2.StatusCode, b)
+	}
+	if up.count() != 0 {
+		t.Fatal("oversized body reached the agent")
+	}
+}
+
+func TestSSEChunksArriveAsFlushed(t *testing.T) {
+	release := make(chan struct{})
+	up := &countingUpstream{answer: func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		fmt.Fprint(w, "data: {\"payload_type\":\"task.stream\",\"payload\":{\"chunk\":\"one\",\"task_id\":\"task_s\"}}\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release: // the test saw chunk one
+		case <-time.After(10 * time.Second):
+		}
+		fmt.Fprint(w, "data: {\"payload_type\":\"task.stream\",\"payload\":{\"chunk\":\"two\",\"final\":true,\"status\":\"completed\",\"task_id\":\"task_s\"}}\n\n")
+	}}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+
+	resp, err := client.Post(s.url+"/asap/stream", "application/json", strings.NewReader(rpc("s1", envelope("01JSTREAM0000000000000001", "echo", `{}`))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	rd := bufio.NewReader(resp.Body)
+	first, err := rd.ReadString('\n')
+	if err != nil || !strings.Contains(first, `"one"`) {
+		t.Fatalf("first chunk = %q, %v", first, err)
+	}
+	close(release) // only now may the agent finish
+	rest, _ := io.ReadAll(rd)
+	if !strings.Contains(string(rest), `"two"`) {
+		t.Fatalf("rest = %q", rest)
+	}
+	// The stream's final chunk closes the task in the record.
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JSTREAM0000000000000001")
+		if err == nil {
+			if rec.TaskID != "task_s" || rec.Status != "completed" || rec.Outcome != tasklog.OutcomeCompleted {
+				t.Fatalf("stream record = %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream record missing: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWebSocketEchoThroughSidecar(t *testing.T) {
+	s := startSidecar(t, "", "agent urn:asap:agent:demo")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, strings.Replace(s.url, "http", "ws", 1)+"/asap/ws", nil)
+	if err != nil {
+		t.Fatalf("dial through sidecar: %v", err)
+	}
+	defer conn.CloseNow()
+	for i := 0; i < 3; i++ {
+		req := rpc(fmt.Sprintf("w%d", i), envelope(fmt.Sprintf("01JWS000000000000000000%03d", i), "echo", fmt.Sprintf(`{"n":%d}`, i)))
+		if err := conn.Write(ctx, websocket.MessageText, []byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		_, msg, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := decodeAnswer(t, msg)
+		if a.Result == nil || string(a.ID) != fmt.Sprintf(`"w%d"`, i) || a.Result.Envelope.Payload.Status != "completed" {
+			t.Fatalf("ws answer %d = %s", i, msg)
+		}
+	}
+	conn.Close(websocket.StatusNormalClosure, "")
+}
+
+func TestUpstreamFaultsAnsweredWithJSONRPCErrors(t *testing.T) {
+	good := rpc("r1", envelope("01JREQ0000000000000000001", "echo", `{}`))
+	t.Run("unreachable", func(t *testing.T) {
+		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		s := startSidecar(t, dead, "agent urn:asap:agent:demo")
+		resp, b := post(t, s.url+"/asap", good)
+		a := decodeAnswer(t, b)
+		if resp.StatusCode != http.StatusBadGateway || a.Error == nil || a.Error.Code != protocol.CodeConnectionError || string(a.ID) != `"r1"` {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+		rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
+		if err != nil || rec.Outcome != tasklog.OutcomeFailed || rec.ErrorCode != protocol.CodeConnectionError {
+			t.Fatalf("record = %+v, %v", rec, err)
+		}
+	})
+	t.Run("garbage answer", func(t *testing.T) {
+		srv := httptest.NewServer(&countingUpstream{answer: fixedAnswer(200, "text/html", "<html>oops</html>")})
+		defer srv.Close()
+		s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+		resp, b := post(t, s.url+"/asap", good)
+		a := decodeAnswer(t, b)
+		if resp.StatusCode != http.StatusBadGateway || a.Error == nil || a.Error.Code != protocol.CodeRemoteError {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+	})
+	t.Run("reset mid-body", func(t *testing.T) {
+		srv := httptest.NewServer(&countingUpstream{answer: func(w http.ResponseWriter, r *http.Request, _ []byte) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", "5000")
+			w.WriteHeader(200)
+			w.Write([]byte(`{"jsonrpc":"2.0","result":{"env`))
+			w.(http.Flusher).Flush()
+			conn, _, _ := http.NewResponseController(w).Hijack()
+			conn.Close()
+		}})
+		defer srv.Close()
+		s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+		resp, b := post(t, s.url+"/asap", good)
+		a := decodeAnswer(t, b)
+		if resp.StatusCode != http.StatusBadGateway || a.Error == nil || a.Error.Code != protocol.CodeConnectionError {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+	})
+	t.Run("5xx with JSON-RPC body passes through, counted failed", func(t *testing.T) {
+		body := `{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error","data":null},"id":"r1"}`
+		srv := httptest.NewServer(&countingUpstream{answer: fixedAnswer(500, "application/json", body)})
+		defer srv.Close()
+		s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+		resp, b := post(t, s.url+"/asap", good)
+		if resp.StatusCode != 500 || string(b) != body {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+		rec, _ := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
+		if rec == nil || rec.Outcome != tasklog.OutcomeFailed || rec.ErrorCode != -32603 {
+			t.Fatalf("record = %+v", rec)
+		}
+	})
+}
+
+func TestMixedBatchForwardsOnlyGoodCalls(t *testing.T) {
+	up := &countingUpstream{}
+	up.answer = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		var calls []struct {
+			ID json.RawMessage `json:"id"`
+		}
+		json.Unmarshal(body, &calls)
+		var out []string
+		for _, c := range calls {
+			out = append(out, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed"}}},"id":%s}`, strings.Trim(string(c.ID), `"`), c.ID))
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, "["+strings.Join(out, ",")+"]")
+	}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+
+	goodA := rpc("a", envelope("01JBATCH00000000000000000A", "echo", `{}`))
+	goodB := rpc("b", envelope("01JBATCH00000000000000000B", "echo", `{}`))
+	bad := strings.Replace(rpc("x", envelope("01JBATCH00000000000000000X", "echo", `{}`)), `"0.1"`, `""`, 1)
+	_, b := post(t, s.url+"/asap", "["+goodA+","+bad+","+goodB+"]")
+	var answers []rpcAnswer
+	if err := json.Unmarshal(b, &answers); err != nil || len(answers) != 3 {
+		t.Fatalf("answer = %s", b)
+	}
+	byID := map[string]rpcAnswer{}
+	for _, a := range answers {
+		byID[string(a.ID)] = a
+	}
+	if byID[`"a"`].Result == nil || byID[`"b"`].Result == nil || byID[`"x"`].Error == nil || byID[`"x"`].Error.Data["reason"] != "missing_asap_version" {
+		t.Fatalf("answer = %s", b)
+	}
+	if want := "[" + goodA + "," + goodB + "]"; string(up.last()) != want {
+		t.Fatalf("agent got %s\nwant %s", up.last(), want)
+	}
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo")
+	if c.Forwarded != 2 || c.Completed != 2 {
+		t.Fatalf("counts = %+v", c)
+	}
+	if rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JBATCH00000000000000000B"); err != nil || rec.TaskID != "t-b" {
+		t.Fatalf("batch element record = %+v %v", rec, err)
+	}
+}
+
+func TestGzipAnswerReachesClientCompressedAndIsInspected(t *testing.T) {
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	zw.Write([]byte(agentAnswer))
+	zw.Close()
+	srv := httptest.NewServer(&countingUpstream{answer: func(w http.ResponseWriter, r *http.Request, _ []byte) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Write(zipped.Bytes())
+	}})
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	req, _ := http.NewRequest(http.MethodPost, s.url+"/asap", strings.NewReader(rpc("r1", envelope("01JGZIP000000000000000001", "echo", `{}`))))
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get("Content-Encoding") != "gzip" || !bytes.Equal(b, zipped.Bytes()) {
+		t.Fatalf("client did not get the agent's gzip bytes: %q %d bytes", resp.Header.Get("Content-Encoding"), len(b))
+	}
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	if rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JGZIP000000000000000001"); err != nil || rec.TaskID != "task_1" {
+		t.Fatalf("gzip answer not inspected: %+v %v", rec, err)
+	}
+}
+
+func TestLargeAnswerIsStreamedPastInspectLimit(t *testing.T) {
+	big := `{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t","status":"completed","result":"` + strings.Repeat("x", 64<<10) + `"}}},"id":"r1"}`
+	srv := httptest.NewServer(&countingUpstream{answer: fixedAnswer(200, "application/json", big)})
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\ninspect_limit 8KiB")
+	_, b := post(t, s.url+"/asap", rpc("r1", envelope("01JBIG0000000000000000001", "echo", `{}`)))
+	if string(b) != big {
+		t.Fatalf("large answer changed: %d bytes, want %d", len(b), len(big))
+	}
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JBIG0000000000000000001")
+	if err != nil || rec.Outcome != tasklog.OutcomeCompleted {
+		t.Fatalf("record = %+v %v", rec, err)
+	}
+}
+
+func TestNonASAPTrafficPassesThrough(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "text/plain", "plain")}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "")
+	for _, p := range []string{"/other", "/asapx", "/.well-known/asap/health"} {
+		resp, b := post(t, s.url+p, "not json at all")
+		if resp.StatusCode != 200 || string(b) != "plain" {
+			t.Fatalf("%s: %d %s", p, resp.StatusCode, b)
+		}
+	}
+	// Path variants of /asap are still inspected.
+	for _, p := range []string{"/asap/", "//asap", "/x/../asap"} {
+		_, b := post(t, s.url+p, "not json")
+		if a := decodeAnswer(t, b); a.Error == nil || a.Error.Code != protocol.CodeParseError {
+			t.Fatalf("%s not inspected: %s", p, b)
+		}
+	}
+	if up.count() != 3 {
+		t.Fatalf("upstream hits %d, want 3", up.count())
+	}
+}
+
+func TestConcurrentTasksAllRecorded(t *testing.T) {
+	s := startSidecar(t, "", "agent urn:asap:agent:demo")
+	const n, workers = 400, 32
+	var wg sync.WaitGroup
+	jobs := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				_, b := post(t, s.url+"/asap", rpc("c", envelope(fmt.Sprintf("01JCONC%019d", i), "echo", `{}`)))
+				if a := decodeAnswer(t, b); a.Result == nil {
+					t.Errorf("task %d: %s", i, b)
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo")
+	recs, _ := tasklog.List(db, "urn:asap:agent:demo", 10*n)
+	if c.Forwarded != n || c.Completed != n || len(recs) != n {
+		t.Fatalf("counts %+v, %d records; want %d", c, len(recs), n)
+	}
+}
