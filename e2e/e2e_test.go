@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+func TestListModulesShowsSidecarModules(t *testing.T) {
+	out, err := cli(t, "list-modules")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, m := range []string{"http.handlers.asap", "admin.api.asap", "http.handlers.asap_demo_agent"} {
+		if !strings.Contains(out, m+"\n") {
+			t.Errorf("list-modules lacks %s", m)
+		}
+	}
+	found := false
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == "asap" {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("list-modules lacks the asap app")
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	out, err := cli(t, "asap", "version")
+	if err != nil || !strings.HasPrefix(out, "asap-sidecar ") || !strings.Contains(out, "caddy v2.11") {
+		t.Fatalf("%v: %q", err, out)
+	}
+	out, _ = cli(t, "asap", "--help")
+	if !strings.Contains(out, "version") {
+		t.Fatalf("asap --help does not list version: %s", out)
+	}
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "Caddyfile")
+	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestAdaptAndValidateNameTheBadOption(t *testing.T) {
+	misspelt := writeFile(t, ":8080 {\n\tasap {\n\t\tdelegtion require\n\t}\n\treverse_proxy 127.0.0.1:9000\n}\n")
+	out, err := cli(t, "adapt", "--config", misspelt)
+	if err == nil || !strings.Contains(out, "unknown asap option") || !strings.Contains(out, "delegtion") {
+		t.Fatalf("adapt of a misspelt option: %v: %s", err, out)
+	}
+	badValue := writeFile(t, ":8080 {\n\tasap {\n\t\tdurability fast\n\t\tsla {\n\t\t\tavailability 120%\n\t\t}\n\t}\n\treverse_proxy 127.0.0.1:9000\n}\n")
+	out, err = cli(t, "validate", "--config", badValue)
+	if err == nil || !strings.Contains(out, "option durability") || !strings.Contains(out, "option sla availability") {
+		t.Fatalf("validate of bad values: %v: %s", err, out)
+	}
+	badForm := writeFile(t, ":8080 {\n\tasap {\n\t\tmax_body lots\n\t}\n\treverse_proxy 127.0.0.1:9000\n}\n")
+	out, err = cli(t, "adapt", "--config", badForm)
+	if err == nil || !strings.Contains(out, "max_body") {
+		t.Fatalf("adapt of a bad size: %v: %s", err, out)
+	}
+}
+
+func TestValidateBesideRunningSidecar(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	if ok, err := call(s.url, "01JVALID000000000000000001", "echo", `{}`); !ok {
+		t.Fatal(err)
+	}
+	// The storage directory is locked by the running sidecar; validating
+	// the same config must neither need nor take that lock.
+	out, err := cli(t, "validate", "--config", s.file, "--adapter", "caddyfile")
+	if err != nil || !strings.Contains(out, "Valid configuration") {
+		t.Fatalf("validate beside a running sidecar: %v: %s", err, out)
+	}
+	if ok, err := call(s.url, "01JVALID000000000000000002", "echo", `{}`); !ok {
+		t.Fatalf("sidecar harmed by validate: %v", err)
+	}
+}
+
+func TestCLIReloadUnderTraffic(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	opened := s.status().Agents[0].StorageOpenedAt
+
+	var ok atomic.Int64
+	var failures []string
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("01JCLIRELOAD%02d%012d", w, i)
+				if good, err := call(s.url, id, "echo", `{}`); !good {
+					mu.Lock()
+					failures = append(failures, fmt.Sprintf("%s: %v", id, err))
+					mu.Unlock()
+					continue
+				}
+				ok.Add(1)
+			}
+		}(w)
+	}
+	for i := 0; i < 5; i++ {
+		time.Sleep(200 * time.Millisecond)
+		s.writeConfig(fmt.Sprintf("agent urn:asap:agent:demo\nmax_body %dKiB", 2048+i))
+		if out, err := cli(t, "reload", "--config", s.file, "--adapter", "caddyfile", "--address", s.admin); err != nil {
+			t.Fatalf("reload %d: %v: %s", i, err, out)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	if len(failures) > 0 {
+		t.Fatalf("%d calls failed during reloads, first: %s", len(failures), failures[0])
+	}
+	st := s.status().Agents[0]
+	if !st.StorageOpenedAt.Equal(opened) {
+		t.Fatalf("storage reopened by reload: %v → %v", opened, st.StorageOpenedAt)
+	}
+	if st.Forwarded != uint64(ok.Load()) || ok.Load() == 0 {
+		t.Fatalf("%d calls answered, %d recorded", ok.Load(), st.Forwarded)
+	}
+	if strings.Contains(s.log.String(), "Cannot acquire directory lock") {
+		t.Fatal("a reload tried to lock the database again")
+	}
+}
+
+// After kill -9 at any moment, the database opens and, with strict
+// durability, every answer a client received has its record.
+func TestKill9KeepsEveryAnsweredRecord(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo\ndurability strict")
+	var mu sync.Mutex
+	var answered []string
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("01JKILL%02d%017d", w, i)
+				if good, _ := call(s.url, id, "echo", `{}`); good {
+					mu.Lock()
+					answered = append(answered, id)
+					mu.Unlock()
+				}
+			}
+		}(w)
+	}
+	time.Sleep(700 * time.Millisecond)
+	s.stop(syscall.SIGKILL)
+	close(stop)
+	wg.Wait()
+	if len(answered) == 0 {
+		t.Fatal("no call was answered before the kill")
+	}
+
+	db, err := storage.Open(storage.Options{Dir: s.dir})
+	if err != nil {
+		t.Fatalf("database does not open after kill -9: %v", err)
+	}
+	missing := 0
+	for _, id := range answered {
+		if _, err := tasklog.Get(db, "urn:asap:agent:demo", id); err != nil {
+			missing++
+		}
+	}
+	counts, err := tasklog.CountsOf(db, "urn:asap:agent:demo")
+	db.Close()
+	if err != nil || missing > 0 || counts.Forwarded < uint64(len(answered)) {
+		t.Fatalf("%d of %d answered calls have no record after kill -9 (counts %+v, %v)", missing, len(answered), counts, err)
+	}
+
+	// And the sidecar starts again on it.
+	s.start()
+	if got := s.status().Agents[0].Forwarded; got < uint64(len(answered)) {
+		t.Fatalf("after restart %d forwarded, want ≥ %d", got, len(answered))
+	}
+}
+
+func TestSIGTERMFinishesInFlightCalls(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			id := fmt.Sprintf("01JTERM%019d", i)
+			if good, err := call(s.url, id, "sleep", `{"ms":500}`); !good {
+				errs <- fmt.Errorf("%s: %v", id, err)
+			}
+		}(i)
+	}
+	time.Sleep(150 * time.Millisecond) // all five are in flight
+	s.stop(syscall.SIGTERM)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("in-flight call lost on SIGTERM: %v", err)
+	}
+	db, err := storage.Open(storage.Options{Dir: s.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo"); c.Forwarded != 5 {
+		t.Fatalf("after graceful stop %d records, want 5", c.Forwarded)
+	}
+}
