@@ -8,8 +8,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/asap-sidecar/asap-sidecar/caddymodule"
-	_ "github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
+	_ "github.com/asap-sidecar/asap-sidecar"
 )
 
 func main() {

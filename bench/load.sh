@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Load benchmark: the sidecar (strict and relaxed) against plain
+# reverse_proxy, same agent, same machine, same run. Needs wrk
+# (apt-get install wrk). Usage: bench/load.sh [seconds] [connections]
+set -euo pipefail
+secs=${1:-10}
+conns=${2:-64}
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
+go build -o "$work/asap-caddy" "$root/cmd/asap-caddy"
+
+cat > "$work/agent.Caddyfile" <<CF
+{
+	admin off
+	log {
+		level ERROR
+	}
+}
+:19000 {
+	bind 127.0.0.1
+	asap_demo_agent
+}
+CF
+cat > "$work/sidecar.Caddyfile" <<CF
+{
+	admin 127.0.0.1:12019
+	log {
+		level ERROR
+	}
+}
+:18080 {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage $work/data
+		durability strict
+	}
+	reverse_proxy 127.0.0.1:19000
+}
+:18081 {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage $work/data
+		durability relaxed
+	}
+	reverse_proxy 127.0.0.1:19000
+}
+:18082 {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:19000
+}
+CF
+"$work/asap-caddy" run --config "$work/agent.Caddyfile" >"$work/agent.log" 2>&1 &
+"$work/asap-caddy" run --config "$work/sidecar.Caddyfile" >"$work/sidecar.log" 2>&1 &
+for _ in $(seq 100); do
+	curl -sf localhost:12019/asap/status >/dev/null && curl -sf localhost:19000/.well-known/asap/health >/dev/null && break
+	sleep 0.1
+done
+
+run() { # name port [connections]
+	local c=${3:-$conns} t=2
+	[ "$c" -lt 2 ] && t=1
+	wrk -t$t -c"$c" -d"${secs}s" --latency -s "$root/bench/task.lua" "http://127.0.0.1:$2" > "$work/$1.txt"
+	local rps p50 p99
+	rps=$(awk '/Requests\/sec/ {print $2}' "$work/$1.txt")
+	p50=$(awk '$1=="50%" {print $2}' "$work/$1.txt")
+	p99=$(awk '$1=="99%" {print $2}' "$work/$1.txt")
+	printf '%-22s %10s req/s   p50 %-9s p99 %-9s\n' "$1" "$rps" "$p50" "$p99"
+	echo "$rps" > "$work/$1.rps"
+}
+echo "wrk: ${secs}s, $conns connections, echo task through each path"
+run warmup 18082 >/dev/null
+run plain_reverse_proxy 18082
+run asap_strict 18080
+run asap_relaxed 18081
+echo "latency at one connection (no queueing):"
+run plain_1conn 18082 1
+run strict_1conn 18080 1
+run relaxed_1conn 18081 1
+awk -v p="$(cat "$work/plain_reverse_proxy.rps")" -v s="$(cat "$work/asap_strict.rps")" -v r="$(cat "$work/asap_relaxed.rps")" \
+	'BEGIN { printf "ratio strict/plain %.2f   relaxed/plain %.2f\n", s/p, r/p }'
+curl -s localhost:12019/asap/status | tr -d '\n' | head -c 400; echo
