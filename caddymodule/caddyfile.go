@@ -88,7 +88,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_token_size":
 			err = sizeArg(d, &o.MaxTokenSize)
 		case "clock_skew":
-			err = durArg(d, &o.ClockSkew)
+			var skew config.Duration
+			if err = durArgZeroOK(d, &skew); err == nil {
+				o.ClockSkew = &skew
+			}
 		case "storage":
 			err = oneArg(d, &o.Storage)
 		case "durability":
@@ -104,7 +107,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if o.SLA == nil {
 				o.SLA = new(config.SLA)
 			}
-			err = parseSLA(d, o.SLA)
+			if err := parseSLA(d, o.SLA); err != nil {
+				return err // already names the sla option
+			}
 		case "alert":
 			var kind, target string
 			if !d.Args(&kind, &target) || d.NextArg() {
@@ -172,6 +177,10 @@ func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	return nil
 }
 
+// The numeric options below must be positive: 0 would silently mean "the
+// default" in the config, so an explicit 0 is refused here.
+const notPositive = argError("must be greater than 0 (leave the option out for the default)")
+
 func intArg(d *caddyfile.Dispenser, dst *int) error {
 	var s string
 	if err := oneArg(d, &s); err != nil {
@@ -181,11 +190,24 @@ func intArg(d *caddyfile.Dispenser, dst *int) error {
 	if err != nil {
 		return argError(strconv.Quote(s) + " is not a whole number")
 	}
+	if n <= 0 {
+		return notPositive
+	}
 	*dst = n
 	return nil
 }
 
 func durArg(d *caddyfile.Dispenser, dst *config.Duration) error {
+	if err := durArgZeroOK(d, dst); err != nil {
+		return err
+	}
+	if *dst <= 0 {
+		return notPositive
+	}
+	return nil
+}
+
+func durArgZeroOK(d *caddyfile.Dispenser, dst *config.Duration) error {
 	var s string
 	if err := oneArg(d, &s); err != nil {
 		return err
@@ -206,6 +228,9 @@ func sizeArg(d *caddyfile.Dispenser, dst *config.Size) error {
 	v, err := config.ParseSize(s)
 	if err != nil {
 		return err
+	}
+	if v <= 0 {
+		return notPositive
 	}
 	*dst = v
 	return nil

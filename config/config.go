@@ -57,8 +57,9 @@ type Options struct {
 	MaxChainDepth int `json:"max_chain_depth,omitempty"`
 	// MaxTokenSize bounds the delegation header.
 	MaxTokenSize Size `json:"max_token_size,omitempty"`
-	// ClockSkew is the tolerance for token times.
-	ClockSkew Duration `json:"clock_skew,omitempty"`
+	// ClockSkew is the tolerance for token times (nil: the default; 0 is
+	// a valid choice).
+	ClockSkew *Duration `json:"clock_skew,omitempty"`
 	// Storage is the Badger directory (default: Caddy's data dir + /asap).
 	Storage string `json:"storage,omitempty"`
 	// Durability is strict or relaxed.
@@ -102,8 +103,10 @@ type Alert struct {
 	Webhook string `json:"webhook,omitempty"`
 }
 
-// ApplyDefaults fills every unset option with its default. Storage is left
-// to the caller, which knows Caddy's data directory.
+// ApplyDefaults fills every unset option with its default; in JSON config a
+// numeric option of 0 counts as unset (the Caddyfile refuses explicit
+// zeros where they mean nothing). Storage is left to the caller, which
+// knows Caddy's data directory.
 func (o *Options) ApplyDefaults() {
 	if o.Delegation == "" {
 		o.Delegation = DefaultDelegation
@@ -113,7 +116,10 @@ func (o *Options) ApplyDefaults() {
 	}
 	setDur(&o.FlushInterval, DefaultFlushInterval)
 	setDur(&o.Retention, DefaultRetention)
-	setDur(&o.ClockSkew, DefaultClockSkew)
+	if o.ClockSkew == nil {
+		skew := Duration(DefaultClockSkew)
+		o.ClockSkew = &skew
+	}
 	if o.MaxBody == 0 {
 		o.MaxBody = DefaultMaxBody
 	}
@@ -182,7 +188,7 @@ func (o *Options) Validate() error {
 	if o.MaxTokenSize < 256 || o.MaxTokenSize > 1<<20 {
 		bad("max_token_size", "%d bytes is outside 256B..1MiB", o.MaxTokenSize)
 	}
-	if o.ClockSkew < 0 || o.ClockSkew.Std() > 10*time.Minute {
+	if o.ClockSkew != nil && (*o.ClockSkew < 0 || o.ClockSkew.Std() > 10*time.Minute) {
 		bad("clock_skew", "%s is outside 0..10m", o.ClockSkew.Std())
 	}
 	switch o.Durability {

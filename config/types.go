@@ -3,6 +3,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -20,8 +21,9 @@ func ParseDuration(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.ParseFloat(days, 64)
-		if err != nil {
-			return 0, fmt.Errorf("invalid duration %q", s)
+		// Beyond ±106751 days a time.Duration overflows.
+		if err != nil || math.IsNaN(n) || math.Abs(n) > float64(math.MaxInt64/int64(24*time.Hour)) {
+			return 0, fmt.Errorf("invalid duration %q (examples: 500ms, 10s, 720h, 30d)", s)
 		}
 		return time.Duration(n * float64(24*time.Hour)), nil
 	}
@@ -103,7 +105,7 @@ type Percent float64
 func ParsePercent(s string) (Percent, error) {
 	t := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "%"))
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil {
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("invalid percentage %q (example: 99.5%%)", s)
 	}
 	return Percent(v), nil

@@ -233,7 +233,7 @@ func number(v any, def float64) float64 {
 	case float64:
 		return n
 	case string:
-		if f, err := strconv.ParseFloat(n, 64); err == nil {
+		if f, err := strconv.ParseFloat(n, 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) {
 			return f
 		}
 	}

@@ -93,6 +93,9 @@ func Get(db *storage.DB, agent, envelopeID string) (*Record, error) {
 // List returns the agent's records in envelope id order, at most limit.
 func List(db *storage.DB, agent string, limit int) ([]Record, error) {
 	var out []Record
+	if limit <= 0 {
+		return out, nil
+	}
 	err := db.View(func(rd *storage.Reader) error {
 		return rd.Scan(storage.SpaceTask.Prefix([]byte(agent)), false, func(_, v []byte) (bool, error) {
 			var r Record
