@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,7 +90,7 @@ type sidecar struct {
 	dir     string
 	file    string
 	port    int
-	log     *bytes.Buffer
+	log     *syncBuffer
 	exited  chan struct{}
 	options string
 	up      string
@@ -134,7 +135,7 @@ func newSidecar(t testing.TB, upstream, options string) *sidecar {
 
 func (s *sidecar) start() {
 	s.t.Helper()
-	s.log = new(bytes.Buffer)
+	s.log = new(syncBuffer)
 	s.cmd = exec.Command(binary, "run", "--config", s.file, "--adapter", "caddyfile")
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	s.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+filepath.Dir(s.dir), "XDG_CONFIG_HOME="+filepath.Dir(s.dir))
@@ -181,6 +182,24 @@ func (s *sidecar) stop(sig syscall.Signal) {
 		_ = s.cmd.Process.Kill()
 		<-s.exited
 	}
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 type status struct {
