@@ -31,12 +31,17 @@ var processStart = time.Now()
 // App is the `asap` app: it owns the storage handles the asap handlers
 // use. It opens them in Start, never in Provision, so `caddy validate`
 // never touches (or waits for the lock of) a running sidecar's database.
+// It lets go of them in Cleanup, not Stop: Caddy stops apps in no fixed
+// order, and the HTTP app's Stop is where in-flight requests drain, so the
+// database must outlive every app's Stop. Cleanup runs after all of them.
 type App struct {
 	logger *zap.Logger
 
 	mu       sync.Mutex
 	stores   map[string]*Store
 	handlers []*Handler
+	// opened are the pool entries this config holds, released in Cleanup.
+	opened []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -125,7 +130,6 @@ func (o openDB) Destruct() error { return o.Close() }
 func (a *App) Start() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var opened []string
 	for _, dir := range a.sortedDirs() {
 		s := a.stores[dir]
 		val, loaded, err := databases.LoadOrNew(dir, func() (caddy.Destructor, error) {
@@ -136,10 +140,10 @@ func (a *App) Start() error {
 			return openDB{db, time.Now()}, nil
 		})
 		if err != nil {
-			a.abortStart(opened, err)
+			a.abortStart(err)
 			return fmt.Errorf("asap: opening storage %s: %w", dir, err)
 		}
-		opened = append(opened, dir)
+		a.opened = append(a.opened, dir)
 		s.db, s.openedAt = val.(openDB).DB, val.(openDB).openedAt
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
@@ -148,10 +152,11 @@ func (a *App) Start() error {
 }
 
 // abortStart gives back what a failed Start took and fails every waiter.
-func (a *App) abortStart(opened []string, cause error) {
-	for _, d := range opened {
+func (a *App) abortStart(cause error) {
+	for _, d := range a.opened {
 		_, _ = databases.Delete(d)
 	}
+	a.opened = nil
 	for _, s := range a.stores {
 		s.db, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
 		select {
@@ -162,26 +167,22 @@ func (a *App) abortStart(opened []string, cause error) {
 	}
 }
 
-// Stop releases this config's references; the database closes when no
-// config uses it any more.
-func (a *App) Stop() error {
+// Stop does nothing: see Cleanup.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's database references once every app has
+// stopped (in-flight requests included); a database closes when no config
+// uses it any more.
+func (a *App) Cleanup() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var errs []error
-	for _, dir := range a.sortedDirs() {
-		s := a.stores[dir]
-		select {
-		case <-s.ready:
-		default:
-			continue // never started
-		}
-		if s.err != nil {
-			continue
-		}
+	for _, dir := range a.opened {
 		if _, err := databases.Delete(dir); err != nil {
 			errs = append(errs, fmt.Errorf("asap: closing storage %s: %w", dir, err))
 		}
 	}
+	a.opened = nil
 	return errors.Join(errs...)
 }
 
@@ -202,6 +203,7 @@ func (a *App) handlerList() []*Handler {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )
