@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 )
 
 func init() {
@@ -32,6 +34,8 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
+		{Pattern: "/asap/usage", Handler: caddy.AdminHandlerFunc(serveUsage)},
+		{Pattern: "/asap/usage/", Handler: caddy.AdminHandlerFunc(serveUsage)},
 	}
 }
 
@@ -43,6 +47,20 @@ func runningApp() (*App, error) {
 			Message: "no asap handler is configured; add an asap block to the Caddyfile"}
 	}
 	return app.(*App), nil
+}
+
+// serveUsage serves the Usage API of the running config under /asap.
+func serveUsage(w http.ResponseWriter, r *http.Request) error {
+	app, err := runningApp()
+	if err != nil {
+		return err
+	}
+	store, err := app.usageStore(r.Context(), r.URL.Query().Get("storage"))
+	if err != nil {
+		return err
+	}
+	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), store)
+	return nil
 }
 
 // Status is the answer of GET /asap/status.
@@ -63,7 +81,7 @@ type AgentStatus struct {
 	StorageOpenedAt time.Time `json:"storage_opened_at"`
 	Durability      string    `json:"durability"`
 	Delegation      string    `json:"delegation"`
-	tasklog.Counts
+	metering.Counts
 	Rejected uint64 `json:"requests_rejected"`
 }
 
@@ -96,7 +114,7 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
 		as.StorageOpenedAt = h.store.openedAt.UTC()
-		if as.Counts, err = tasklog.CountsOf(db, h.Agent); err != nil {
+		if as.Counts, err = metering.CountsOf(db, h.Agent); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
 		}
 		st.Agents = append(st.Agents, as)

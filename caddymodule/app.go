@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -193,6 +196,34 @@ func (a *App) sortedDirs() []string {
 	}
 	sort.Strings(dirs)
 	return dirs
+}
+
+// usageStore is the metering store an API request is about: the one
+// database when there is one, else the one named by want (a storage
+// directory).
+func (a *App) usageStore(ctx context.Context, want string) (*metering.Store, error) {
+	var chosen *Handler
+	dirs := map[string]bool{}
+	for _, h := range a.handlerList() {
+		dirs[h.Storage] = true
+		if chosen == nil && (want == "" || want == h.Storage) {
+			chosen = h
+		}
+	}
+	if chosen == nil || (want == "" && len(dirs) > 1) {
+		names := make([]string, 0, len(dirs))
+		for d := range dirs {
+			names = append(names, d)
+		}
+		sort.Strings(names)
+		return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
+			Message: fmt.Sprintf("name the database with ?storage=DIR; configured: %s", strings.Join(names, ", "))}
+	}
+	db, err := chosen.store.Wait(ctx, storeWait)
+	if err != nil {
+		return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
+	}
+	return metering.New(db, chosen.Retention.Std()), nil
 }
 
 func (a *App) handlerList() []*Handler {

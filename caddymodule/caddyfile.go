@@ -34,6 +34,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		clock_skew      <duration>
 //		storage         <dir>
 //		durability      strict|relaxed
+//		metering        on|off
 //		flush_interval  <duration>
 //		retention       <duration>
 //		sla {
@@ -96,6 +97,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &o.Storage)
 		case "durability":
 			err = oneArg(d, &o.Durability)
+		case "metering":
+			err = oneArg(d, &o.Metering)
 		case "flush_interval":
 			err = durArg(d, &o.FlushInterval)
 		case "retention":

@@ -15,11 +15,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -38,6 +36,7 @@ type Handler struct {
 	app        *App
 	store      *Store
 	durability storage.Durability
+	metering   bool
 	limits     protocol.Limits
 	rejected   atomic.Uint64
 }
@@ -59,7 +58,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.Storage = filepath.Join(caddy.AppDataDir(), "asap")
 	}
 	h.durability, _ = storage.ParseDurability(h.Durability)
+	h.metering = h.Metering != config.MeteringOff
 	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("asap: registering metrics: %w", err)
+	}
 	appIface, err := ctx.App("asap")
 	if err != nil {
 		return fmt.Errorf("asap: loading the asap app: %w", err)
@@ -117,21 +120,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	started := time.Now()
 	upstreamErr := serveNext(next, cw, r)
 	elapsed := time.Since(started)
+	err = nil
 
 	out := h.outcome(req, cw, upstreamErr)
-	records := h.records(req, out, started, elapsed)
-	pending := db.Submit(h.durability, func(tx *storage.Tx) error {
-		for i := range records {
-			if err := tasklog.Put(tx, &records[i], h.Retention.Std()); err != nil {
-				return err
-			}
+	if h.metering {
+		recs := h.account(req, out, elapsed)
+		pending := h.persist(db, recs)
+		if h.durability == storage.Strict {
+			err = pending.Wait(r.Context())
 		}
-		return nil
-	})
-	if h.durability == storage.Strict {
-		if err := pending.Wait(r.Context()); err != nil {
+		if err != nil {
 			h.logger.Error("task records not stored; answering 503 so the client does not take an unrecorded answer",
-				zap.Int("calls", len(records)), zap.Error(err))
+				zap.Int("calls", len(recs)), zap.Error(err))
 			if !cw.passing {
 				return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "record_not_durable",
 					"the task ran but its record could not be stored; check the sidecar's storage").WithID(singleID(req)).JSON())
@@ -251,7 +251,7 @@ func singleID(req *protocol.Request) json.RawMessage {
 type outcome struct {
 	replies  []protocol.Reply // what the agent answered, in order
 	failAll  bool             // every forwarded call failed
-	errCode  int              // JSON-RPC code when failAll
+	noAnswer bool             // the agent never answered (no usage)
 	status   int              // HTTP status the client gets with replace
 	body     []byte           // held answer with sidecar errors merged in
 	replace  []byte           // answer replacing the agent's
@@ -268,7 +268,7 @@ func (h *Handler) outcome(req *protocol.Request, cw *capture, upstreamErr error)
 			code, status, reason = protocol.CodeTimeout, http.StatusGatewayTimeout, "agent_timeout"
 		}
 		h.logger.Warn("agent did not answer", zap.String("reason", reason), zap.Error(upstreamErr))
-		out.failAll, out.errCode, out.status = true, code, status
+		out.failAll, out.noAnswer, out.status = true, true, status
 		out.replace = upstreamFailure(req, code, reason, "the agent could not be reached or did not finish its answer; retry later")
 		return out
 	}
@@ -282,13 +282,13 @@ func (h *Handler) outcome(req *protocol.Request, cw *capture, upstreamErr error)
 	}
 	if perr != nil && cw.held() && (cw.status < 300 || cw.status >= 500) {
 		h.logger.Warn("agent answered something that is not JSON-RPC", zap.Int("status", cw.status), zap.Int("bytes", len(body)))
-		out.failAll, out.errCode, out.status = true, protocol.CodeRemoteError, http.StatusBadGateway
+		out.failAll, out.status = true, http.StatusBadGateway
 		out.replace = upstreamFailure(req, protocol.CodeRemoteError, "invalid_agent_answer", "the agent's answer is not a JSON-RPC response")
 		return out
 	}
 	out.replies = replies
 	if cw.status >= 500 {
-		out.failAll, out.errCode = true, protocol.CodeRemoteError
+		out.failAll = true
 	}
 	if req.Batch && cw.held() {
 		out.body = mergeBatch(req, body)
@@ -333,49 +333,6 @@ func upstreamFailure(req *protocol.Request, code int, reason, detail string) []b
 	}
 	b, _ := json.Marshal(objs)
 	return b
-}
-
-// records builds one record per forwarded call.
-func (h *Handler) records(req *protocol.Request, out outcome, started time.Time, elapsed time.Duration) []tasklog.Record {
-	recs := make([]tasklog.Record, 0, len(req.Calls))
-	for _, c := range req.Calls {
-		if c.Err != nil {
-			continue
-		}
-		env := &c.Envelope
-		rec := tasklog.Record{
-			EnvelopeID:  env.ID,
-			AgentID:     h.Agent,
-			ConsumerID:  env.Sender,
-			PayloadType: env.Type().String(),
-			Outcome:     tasklog.OutcomeCompleted,
-			HTTPStatus:  out.httpCode,
-			DurationMS:  float64(elapsed.Microseconds()) / 1000,
-			StartedAt:   started.UTC(),
-		}
-		if rec.EnvelopeID == "" {
-			// No id to deduplicate on; keep the record under a fresh one.
-			rec.EnvelopeID = "anon_" + ulid.Make().String()
-		}
-		if rec.AgentID == "" {
-			rec.AgentID = env.Recipient
-		}
-		rep, ok := replyFor(req, c.ID, out.replies)
-		if ok {
-			rec.TaskID, rec.Status, rec.ErrorCode = rep.TaskID, rep.Status, rep.ErrorCode
-			if rep.Failed() {
-				rec.Outcome = tasklog.OutcomeFailed
-			}
-		}
-		if out.failAll {
-			rec.Outcome = tasklog.OutcomeFailed
-			if rec.ErrorCode == 0 {
-				rec.ErrorCode = out.errCode
-			}
-		}
-		recs = append(recs, rec)
-	}
-	return recs
 }
 
 // replyFor finds the agent's reply to the call with this id. A single

@@ -20,7 +20,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
 )
 
 func upstreamAddr(srv *httptest.Server) string {
@@ -47,15 +46,15 @@ func TestTaskPassesThroughByteIdentical(t *testing.T) {
 	if string(up.last()) != body {
 		t.Fatalf("agent got a different request:\n got %q\nwant %q", up.last(), body)
 	}
-	// Strict durability: the record is there as soon as the answer is.
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-	rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
-	if err != nil {
-		t.Fatalf("task record missing right after the answer: %v", err)
+	// Strict durability: the usage event is there as soon as the answer is.
+	ev, ok := usageEvents(t, runningDB(t))["01JREQ0000000000000000001"]
+	if !ok {
+		t.Fatal("usage event missing right after the answer")
 	}
-	if rec.TaskID != "task_1" || rec.Outcome != tasklog.OutcomeCompleted || rec.ConsumerID != "urn:asap:agent:client" ||
-		rec.PayloadType != "task.request" || rec.HTTPStatus != 200 || rec.DurationMS <= 0 {
-		t.Fatalf("record = %+v", rec)
+	if ev.TaskID != "task_1" || ev.Status != "completed" || ev.ConsumerID != "urn:asap:agent:client" || ev.AgentID != "urn:asap:agent:demo" ||
+		ev.PayloadType != "task.request" || ev.TokensIn != 11 || ev.TokensOut != 22 || ev.APICalls != 3 || ev.DurationMS < 0 ||
+		time.Since(ev.Timestamp) > time.Minute {
+		t.Fatalf("event = %+v", ev)
 	}
 }
 
@@ -270,19 +269,18 @@ func TestSSEChunksArriveAsFlushed(t *testing.T) {
 	if !strings.Contains(string(rest), `"two"`) {
 		t.Fatalf("rest = %q", rest)
 	}
-	// The stream's final chunk closes the task in the record.
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
+	// The stream's final chunk closes the task in its usage event.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JSTREAM0000000000000001")
-		if err == nil {
-			if rec.TaskID != "task_s" || rec.Status != "completed" || rec.Outcome != tasklog.OutcomeCompleted {
-				t.Fatalf("stream record = %+v", rec)
+		ev, ok := usageEvents(t, runningDB(t))["01JSTREAM0000000000000001"]
+		if ok {
+			if ev.TaskID != "task_s" || ev.Status != "completed" {
+				t.Fatalf("stream event = %+v", ev)
 			}
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("stream record missing: %v", err)
+			t.Fatal("stream usage event missing")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -324,10 +322,12 @@ func TestUpstreamFaultsAnsweredWithJSONRPCErrors(t *testing.T) {
 		if resp.StatusCode != http.StatusBadGateway || a.Error == nil || a.Error.Code != protocol.CodeConnectionError || string(a.ID) != `"r1"` {
 			t.Fatalf("%d %s", resp.StatusCode, b)
 		}
-		db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-		rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
-		if err != nil || rec.Outcome != tasklog.OutcomeFailed || rec.ErrorCode != protocol.CodeConnectionError {
-			t.Fatalf("record = %+v, %v", rec, err)
+		// No answer is no usage, but the failure is counted.
+		if evs := usageEvents(t, runningDB(t)); len(evs) != 0 {
+			t.Fatalf("usage recorded for an unreachable agent: %+v", evs)
+		}
+		if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 1 || c.Failed != 1 {
+			t.Fatalf("counts = %+v", c)
 		}
 	})
 	t.Run("garbage answer", func(t *testing.T) {
@@ -367,10 +367,11 @@ func TestUpstreamFaultsAnsweredWithJSONRPCErrors(t *testing.T) {
 		if resp.StatusCode != 500 || string(b) != body {
 			t.Fatalf("%d %s", resp.StatusCode, b)
 		}
-		db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-		rec, _ := tasklog.Get(db, "urn:asap:agent:demo", "01JREQ0000000000000000001")
-		if rec == nil || rec.Outcome != tasklog.OutcomeFailed || rec.ErrorCode != -32603 {
-			t.Fatalf("record = %+v", rec)
+		if ev, ok := usageEvents(t, runningDB(t))["01JREQ0000000000000000001"]; !ok || ev.Status != "failed" {
+			t.Fatalf("event = %+v", ev)
+		}
+		if c := countsOf(t, "urn:asap:agent:demo"); c.Failed != 1 {
+			t.Fatalf("counts = %+v", c)
 		}
 	})
 }
@@ -411,13 +412,12 @@ func TestMixedBatchForwardsOnlyGoodCalls(t *testing.T) {
 	if want := "[" + goodA + "," + goodB + "]"; string(up.last()) != want {
 		t.Fatalf("agent got %s\nwant %s", up.last(), want)
 	}
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-	c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo")
-	if c.Forwarded != 2 || c.Completed != 2 {
+	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 2 || c.Completed != 2 {
 		t.Fatalf("counts = %+v", c)
 	}
-	if rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JBATCH00000000000000000B"); err != nil || rec.TaskID != "t-b" {
-		t.Fatalf("batch element record = %+v %v", rec, err)
+	evs := usageEvents(t, runningDB(t))
+	if len(evs) != 2 || evs["01JBATCH00000000000000000B"].TaskID != "t-b" || evs["01JBATCH00000000000000000A"].TaskID != "t-a" {
+		t.Fatalf("batch events = %+v", evs)
 	}
 }
 
@@ -444,9 +444,8 @@ func TestGzipAnswerReachesClientCompressedAndIsInspected(t *testing.T) {
 	if resp.Header.Get("Content-Encoding") != "gzip" || !bytes.Equal(b, zipped.Bytes()) {
 		t.Fatalf("client did not get the agent's gzip bytes: %q %d bytes", resp.Header.Get("Content-Encoding"), len(b))
 	}
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-	if rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JGZIP000000000000000001"); err != nil || rec.TaskID != "task_1" {
-		t.Fatalf("gzip answer not inspected: %+v %v", rec, err)
+	if ev := usageEvents(t, runningDB(t))["01JGZIP000000000000000001"]; ev.TaskID != "task_1" || ev.TokensOut != 22 {
+		t.Fatalf("gzip answer not inspected: %+v", ev)
 	}
 }
 
@@ -459,10 +458,8 @@ func TestLargeAnswerIsStreamedPastInspectLimit(t *testing.T) {
 	if string(b) != big {
 		t.Fatalf("large answer changed: %d bytes, want %d", len(b), len(big))
 	}
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-	rec, err := tasklog.Get(db, "urn:asap:agent:demo", "01JBIG0000000000000000001")
-	if err != nil || rec.Outcome != tasklog.OutcomeCompleted {
-		t.Fatalf("record = %+v %v", rec, err)
+	if ev, ok := usageEvents(t, runningDB(t))["01JBIG0000000000000000001"]; !ok || ev.Status != "completed" {
+		t.Fatalf("event = %+v", ev)
 	}
 }
 
@@ -511,10 +508,8 @@ func TestConcurrentTasksAllRecorded(t *testing.T) {
 	}
 	close(jobs)
 	wg.Wait()
-	db, _ := runningHandler(t).store.Wait(context.Background(), time.Second)
-	c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo")
-	recs, _ := tasklog.List(db, "urn:asap:agent:demo", 10*n)
-	if c.Forwarded != n || c.Completed != n || len(recs) != n {
-		t.Fatalf("counts %+v, %d records; want %d", c, len(recs), n)
+	c := countsOf(t, "urn:asap:agent:demo")
+	if evs := usageEvents(t, runningDB(t)); c.Forwarded != n || c.Completed != n || len(evs) != n {
+		t.Fatalf("counts %+v, %d events; want %d", c, len(evs), n)
 	}
 }

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // The tests in this package run real Caddy in-process (caddy.Load, as
@@ -267,4 +270,40 @@ func mustUnmarshalConfig(t testing.TB, b []byte) *caddy.Config {
 		t.Fatal(err)
 	}
 	return &cfg
+}
+
+// runningDB is the running handler's database.
+func runningDB(t testing.TB) *storage.DB {
+	t.Helper()
+	db, err := runningHandler(t).store.Wait(context.Background(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// usageEvents returns every stored usage event, by envelope id.
+func usageEvents(t testing.TB, db *storage.DB) map[string]metering.Event {
+	t.Helper()
+	out := map[string]metering.Event{}
+	err := metering.New(db, 0).Each(metering.Filter{}, func(e *metering.Event) bool {
+		if _, dup := out[e.EnvelopeID]; dup && e.EnvelopeID != "" {
+			t.Errorf("two usage events for envelope %s", e.EnvelopeID)
+		}
+		out[e.EnvelopeID] = *e
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func countsOf(t testing.TB, agent string) metering.Counts {
+	t.Helper()
+	c, err := metering.CountsOf(runningDB(t), agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

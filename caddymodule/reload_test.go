@@ -14,7 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/tasklog"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 )
 
 // The agent runs outside the reloaded config here, as a real agent process
@@ -86,10 +86,10 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 	if db1 != db0 || h.store.openedAt != opened0 {
 		t.Fatal("reload reopened the database")
 	}
-	c, _ := tasklog.CountsOf(db1, "urn:asap:agent:demo")
-	recs, _ := tasklog.List(db1, "urn:asap:agent:demo", 1<<20)
-	if errorAnswers.Load() != 0 || ok.Load() == 0 || c.Forwarded != uint64(ok.Load()) || len(recs) != int(ok.Load()) {
-		t.Fatalf("ok %d, error answers %d, counted %d, records %d", ok.Load(), errorAnswers.Load(), c.Forwarded, len(recs))
+	c, _ := metering.CountsOf(db1, "urn:asap:agent:demo")
+	evs := usageEvents(t, db1)
+	if errorAnswers.Load() != 0 || ok.Load() == 0 || c.Forwarded != uint64(ok.Load()) || len(evs) != int(ok.Load()) {
+		t.Fatalf("ok %d, error answers %d, counted %d, events %d", ok.Load(), errorAnswers.Load(), c.Forwarded, len(evs))
 	}
 }
 
@@ -130,12 +130,12 @@ func TestRestartKeepsRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := tasklog.CountsOf(db, "urn:asap:agent:demo")
+	c, _ := metering.CountsOf(db, "urn:asap:agent:demo")
 	if c.Forwarded != 5 {
 		t.Fatalf("after restart counts = %+v", c)
 	}
-	if _, err := tasklog.Get(db, "urn:asap:agent:demo", "01JRESTART0000000000000004"); err != nil {
-		t.Fatal(err)
+	if evs := usageEvents(t, db); len(evs) != 5 || evs["01JRESTART0000000000000004"].TaskID == "" {
+		t.Fatalf("after restart events = %+v", evs)
 	}
 }
 

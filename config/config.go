@@ -28,6 +28,12 @@ const (
 	DefaultMinSamples    = 20
 )
 
+// Metering switches.
+const (
+	MeteringOn  = "on"
+	MeteringOff = "off"
+)
+
 // Delegation policies.
 const (
 	DelegationRequire  = "require"
@@ -64,6 +70,9 @@ type Options struct {
 	Storage string `json:"storage,omitempty"`
 	// Durability is strict or relaxed.
 	Durability string `json:"durability,omitempty"`
+	// Metering is on (default) or off. Off skips every per-task write:
+	// no usage events and no task counters.
+	Metering string `json:"metering,omitempty"`
 	// FlushInterval is how often relaxed writes reach disk.
 	FlushInterval Duration `json:"flush_interval,omitempty"`
 	// Retention is how long usage records are kept.
@@ -113,6 +122,9 @@ func (o *Options) ApplyDefaults() {
 	}
 	if o.Durability == "" {
 		o.Durability = DefaultDurability
+	}
+	if o.Metering == "" {
+		o.Metering = MeteringOn
 	}
 	setDur(&o.FlushInterval, DefaultFlushInterval)
 	setDur(&o.Retention, DefaultRetention)
@@ -195,6 +207,9 @@ func (o *Options) Validate() error {
 	case "strict", "relaxed":
 	default:
 		bad("durability", "%q is not a mode; use strict or relaxed", o.Durability)
+	}
+	if o.Metering != MeteringOn && o.Metering != MeteringOff {
+		bad("metering", "%q is not a switch; use on or off", o.Metering)
 	}
 	if o.FlushInterval.Std() < time.Millisecond || o.FlushInterval.Std() > time.Minute {
 		bad("flush_interval", "%s is outside 1ms..1m", o.FlushInterval.Std())

@@ -260,6 +260,9 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 
 func (p *pending) finish(err error) {
 	p.err = err
+	if p.then != nil {
+		p.then(err)
+	}
 	close(p.done)
 }
 

@@ -249,12 +249,20 @@ func scan(txn *badger.Txn, prefix, seek []byte, reverse bool, fn func(key, val [
 // writers; its writes commit atomically, or not at all if fn returns an
 // error. Use Wait on the result to learn the outcome.
 func (db *DB) Submit(d Durability, fn func(tx *Tx) error) *Pending {
-	p := &pending{fn: fn, durability: d, done: make(chan struct{})}
+	return db.SubmitThen(d, fn, nil)
+}
+
+// SubmitThen is Submit with a callback that the pipeline calls once the
+// write is done (see Durability), with its outcome, before waiters are
+// released. It runs on the pipeline's goroutine: keep it short. fn may run
+// more than once (when a group is split), then never its effects outside
+// tx: those belong in then.
+func (db *DB) SubmitThen(d Durability, fn func(tx *Tx) error, then func(error)) *Pending {
+	p := &pending{fn: fn, durability: d, done: make(chan struct{}), then: then}
 	db.closeMu.RLock()
 	if db.closed {
 		db.closeMu.RUnlock()
-		p.err = ErrClosed
-		close(p.done)
+		p.finish(ErrClosed)
 		return (*Pending)(p)
 	}
 	db.queue <- p
@@ -302,6 +310,7 @@ type Pending pending
 
 type pending struct {
 	fn         func(tx *Tx) error
+	then       func(error)
 	durability Durability
 	done       chan struct{}
 	err        error

@@ -486,3 +486,26 @@ func TestDurabilityWords(t *testing.T) {
 		t.Fatal("String")
 	}
 }
+
+func TestSubmitThenRunsOnceWithOutcome(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	boom := errors.New("boom")
+	var mu sync.Mutex
+	got := map[string][]error{}
+	note := func(name string) func(error) {
+		return func(err error) { mu.Lock(); got[name] = append(got[name], err); mu.Unlock() }
+	}
+	ok := db.SubmitThen(Relaxed, func(tx *Tx) error { tx.Set([]byte("a"), []byte("1")); return nil }, note("ok"))
+	bad := db.SubmitThen(Strict, func(tx *Tx) error { return boom }, note("bad"))
+	ok.Wait(context.Background())
+	bad.Wait(context.Background())
+	db.Close()
+	late := db.SubmitThen(Strict, func(tx *Tx) error { return nil }, note("late"))
+	late.Wait(context.Background())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got["ok"]) != 1 || got["ok"][0] != nil || len(got["bad"]) != 1 || !errors.Is(got["bad"][0], boom) ||
+		len(got["late"]) != 1 || !errors.Is(got["late"][0], ErrClosed) {
+		t.Fatalf("callbacks = %v", got)
+	}
+}

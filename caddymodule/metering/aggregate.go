@@ -1,0 +1,209 @@
+package metering
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"time"
+)
+
+// Group-by keys of /usage/aggregate.
+const (
+	ByAgent    = "agent"
+	ByConsumer = "consumer"
+	ByDay      = "day"
+	ByWeek     = "week"
+)
+
+// ValidGroupBy reports whether g is a group-by key.
+func ValidGroupBy(g string) bool {
+	return g == ByAgent || g == ByConsumer || g == ByDay || g == ByWeek
+}
+
+// AgentRow is one row of an aggregate by agent, in the reference's shape.
+type AgentRow struct {
+	AgentID              string  `json:"agent_id"`
+	Period               string  `json:"period"`
+	TotalTokens          int64   `json:"total_tokens"`
+	TotalDurationMS      int64   `json:"total_duration_ms"`
+	TotalTasks           int64   `json:"total_tasks"`
+	TotalAPICalls        int64   `json:"total_api_calls"`
+	AvgTokensPerTask     float64 `json:"avg_tokens_per_task"`
+	AvgDurationMSPerTask float64 `json:"avg_duration_ms_per_task"`
+}
+
+// ConsumerRow is one row of an aggregate by consumer (the reference has no
+// average duration here).
+type ConsumerRow struct {
+	ConsumerID       string  `json:"consumer_id"`
+	Period           string  `json:"period"`
+	TotalTokens      int64   `json:"total_tokens"`
+	TotalDurationMS  int64   `json:"total_duration_ms"`
+	TotalTasks       int64   `json:"total_tasks"`
+	TotalAPICalls    int64   `json:"total_api_calls"`
+	AvgTokensPerTask float64 `json:"avg_tokens_per_task"`
+}
+
+// PeriodRow is one row of an aggregate by day or ISO week.
+type PeriodRow struct {
+	Period          string `json:"period"`
+	TotalTokens     int64  `json:"total_tokens"`
+	TotalDurationMS int64  `json:"total_duration_ms"`
+	TotalTasks      int64  `json:"total_tasks"`
+	TotalAPICalls   int64  `json:"total_api_calls"`
+	UniqueAgents    int    `json:"unique_agents"`
+	UniqueConsumers int    `json:"unique_consumers"`
+}
+
+// Summary is the answer of GET /usage/summary.
+type Summary struct {
+	TotalTasks      int64 `json:"total_tasks"`
+	TotalTokens     int64 `json:"total_tokens"`
+	TotalDurationMS int64 `json:"total_duration_ms"`
+	UniqueAgents    int   `json:"unique_agents"`
+	UniqueConsumers int   `json:"unique_consumers"`
+	TotalAPICalls   int64 `json:"total_api_calls"`
+}
+
+type totals struct {
+	tasks, tokens, duration, calls int64
+	agents, consumers              map[string]struct{}
+}
+
+func (t *totals) add(e *Event) {
+	t.tasks++
+	t.tokens += e.TokensIn + e.TokensOut
+	t.duration += e.DurationMS
+	t.calls += e.APICalls
+	if t.agents != nil {
+		t.agents[e.AgentID] = struct{}{}
+		t.consumers[e.ConsumerID] = struct{}{}
+	}
+}
+
+func (t *totals) avg(v int64) float64 {
+	if t.tasks == 0 {
+		return 0
+	}
+	return float64(v) / float64(t.tasks)
+}
+
+// DayPeriod formats a day period: 2026-02-06.
+func DayPeriod(ts time.Time) string { return ts.UTC().Format("2006-01-02") }
+
+// WeekPeriod formats an ISO week period: 2026-W06.
+func WeekPeriod(ts time.Time) string {
+	y, w := ts.UTC().ISOWeek()
+	return fmt.Sprintf("%04d-W%02d", y, w)
+}
+
+// Aggregate groups the matching events; the result is a slice of
+// AgentRow, ConsumerRow or PeriodRow sorted by its key.
+func (s *Store) Aggregate(f Filter, groupBy string) (any, error) {
+	if !ValidGroupBy(groupBy) {
+		return nil, fmt.Errorf("group_by must be one of: agent, consumer, day, week")
+	}
+	groups := map[string]*totals{}
+	periodic := groupBy == ByDay || groupBy == ByWeek
+	err := s.Each(f, func(e *Event) bool {
+		var key string
+		switch groupBy {
+		case ByAgent:
+			key = e.AgentID
+		case ByConsumer:
+			key = e.ConsumerID
+		case ByDay:
+			key = DayPeriod(e.Timestamp)
+		case ByWeek:
+			key = WeekPeriod(e.Timestamp)
+		}
+		t := groups[key]
+		if t == nil {
+			t = &totals{}
+			if periodic {
+				t.agents, t.consumers = map[string]struct{}{}, map[string]struct{}{}
+			}
+			groups[key] = t
+		}
+		t.add(e)
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(groups))
+	for k := range groups {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	switch groupBy {
+	case ByAgent:
+		rows := make([]AgentRow, 0, len(keys))
+		for _, k := range keys {
+			t := groups[k]
+			rows = append(rows, AgentRow{AgentID: k, Period: "all", TotalTokens: t.tokens, TotalDurationMS: t.duration,
+				TotalTasks: t.tasks, TotalAPICalls: t.calls, AvgTokensPerTask: t.avg(t.tokens), AvgDurationMSPerTask: t.avg(t.duration)})
+		}
+		return rows, nil
+	case ByConsumer:
+		rows := make([]ConsumerRow, 0, len(keys))
+		for _, k := range keys {
+			t := groups[k]
+			rows = append(rows, ConsumerRow{ConsumerID: k, Period: "all", TotalTokens: t.tokens, TotalDurationMS: t.duration,
+				TotalTasks: t.tasks, TotalAPICalls: t.calls, AvgTokensPerTask: t.avg(t.tokens)})
+		}
+		return rows, nil
+	}
+	rows := make([]PeriodRow, 0, len(keys))
+	for _, k := range keys {
+		t := groups[k]
+		rows = append(rows, PeriodRow{Period: k, TotalTokens: t.tokens, TotalDurationMS: t.duration, TotalTasks: t.tasks,
+			TotalAPICalls: t.calls, UniqueAgents: len(t.agents), UniqueConsumers: len(t.consumers)})
+	}
+	return rows, nil
+}
+
+// Summarize totals the matching events.
+func (s *Store) Summarize(f Filter) (Summary, error) {
+	t := totals{agents: map[string]struct{}{}, consumers: map[string]struct{}{}}
+	err := s.Each(f, func(e *Event) bool { t.add(e); return true })
+	return Summary{TotalTasks: t.tasks, TotalTokens: t.tokens, TotalDurationMS: t.duration,
+		UniqueAgents: len(t.agents), UniqueConsumers: len(t.consumers), TotalAPICalls: t.calls}, err
+}
+
+// CSVHeader is the reference's export header.
+var CSVHeader = []string{"task_id", "agent_id", "consumer_id", "tokens_in", "tokens_out", "duration_ms", "api_calls", "timestamp"}
+
+// WriteCSV writes events as the reference's CSV export: its header, CRLF
+// line ends, and timestamps in Python's isoformat (+00:00, microseconds
+// only when non-zero).
+func WriteCSV(w io.Writer, events []Event) error {
+	cw := csv.NewWriter(w)
+	cw.UseCRLF = true
+	if err := cw.Write(CSVHeader); err != nil {
+		return err
+	}
+	for i := range events {
+		e := &events[i]
+		if err := cw.Write([]string{e.TaskID, e.AgentID, e.ConsumerID,
+			strconv.FormatInt(e.TokensIn, 10), strconv.FormatInt(e.TokensOut, 10),
+			strconv.FormatInt(e.DurationMS, 10), strconv.FormatInt(e.APICalls, 10),
+			PythonISO(e.Timestamp)}); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// PythonISO formats t as Python's datetime.isoformat() does for a UTC time.
+func PythonISO(t time.Time) string {
+	t = t.UTC()
+	s := t.Format("2006-01-02T15:04:05")
+	if us := t.Nanosecond() / 1000; us != 0 {
+		s += fmt.Sprintf(".%06d", us)
+	}
+	return s + "+00:00"
+}

@@ -1,0 +1,148 @@
+// Package metering records one usage event per forwarded task and answers
+// the Usage API's questions from range scans over Badger: events by time,
+// with secondary indexes by agent, consumer and task, retention by Badger
+// TTL, and aggregation by agent, consumer, day and ISO week.
+package metering
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// Event is one task's usage, in the reference's UsageMetrics shape plus the
+// sidecar's fields (status, payload type, delegation, envelope id).
+type Event struct {
+	TaskID     string    `json:"task_id"`
+	AgentID    string    `json:"agent_id"`
+	ConsumerID string    `json:"consumer_id"`
+	TokensIn   int64     `json:"tokens_in"`
+	TokensOut  int64     `json:"tokens_out"`
+	DurationMS int64     `json:"duration_ms"`
+	APICalls   int64     `json:"api_calls"`
+	Timestamp  time.Time `json:"timestamp"`
+
+	Status       string `json:"status,omitempty"`
+	PayloadType  string `json:"payload_type,omitempty"`
+	EnvelopeID   string `json:"envelope_id,omitempty"`
+	DelegationID string `json:"delegation_id,omitempty"`
+	RootIssuer   string `json:"root_issuer,omitempty"`
+}
+
+// MaxMetric is the largest figure accepted from an agent; anything larger
+// is treated as garbage. A trillion tokens in one task is not a real task.
+const MaxMetric = 1_000_000_000_000
+
+// Metrics are the usage figures an agent reported in task.response.
+type Metrics struct {
+	TokensIn, TokensOut, APICalls int64
+	// Problems names every figure that was present but unusable (and
+	// counted as 0), for the warning log.
+	Problems []string
+}
+
+// ParseMetrics reads a task.response metrics object. tokens_used stands in
+// for tokens_out when tokens_out is absent or 0, as the reference does.
+// Negative, fractional, non-numeric or absurdly large values become 0 and
+// are listed in Problems; nothing here fails a request.
+func ParseMetrics(raw json.RawMessage) Metrics {
+	var m Metrics
+	if len(raw) == 0 {
+		return m
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		m.Problems = append(m.Problems, "metrics is not an object")
+		return m
+	}
+	read := func(name string) int64 {
+		v, ok := fields[name]
+		if !ok || bytes.Equal(v, []byte("null")) {
+			return 0
+		}
+		n, ok := wholeNumber(v)
+		if !ok {
+			m.Problems = append(m.Problems, fmt.Sprintf("%s=%s", name, truncate(string(v), 32)))
+			return 0
+		}
+		return n
+	}
+	m.TokensIn = read("tokens_in")
+	m.TokensOut = read("tokens_out")
+	used := read("tokens_used")
+	if m.TokensOut == 0 {
+		m.TokensOut = used
+	}
+	m.APICalls = read("api_calls")
+	return m
+}
+
+func wholeNumber(v json.RawMessage) (int64, bool) {
+	var f float64
+	if err := json.Unmarshal(v, &f); err != nil {
+		return 0, false
+	}
+	if f < 0 || f > MaxMetric || f != math.Trunc(f) {
+		return 0, false
+	}
+	return int64(f), true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// Validate checks an event given to POST /usage, the way the reference
+// does, plus the key-safety rules of this store.
+func (e *Event) Validate() error {
+	for _, f := range []struct{ name, v string }{{"task_id", e.TaskID}, {"agent_id", e.AgentID}, {"consumer_id", e.ConsumerID}} {
+		if f.v == "" {
+			return fmt.Errorf("%s is required", f.name)
+		}
+		if len(f.v) > 256 {
+			return fmt.Errorf("%s is longer than 256 characters", f.name)
+		}
+		if strings.IndexFunc(f.v, unicode.IsControl) >= 0 {
+			return fmt.Errorf("%s contains control characters", f.name)
+		}
+	}
+	if e.Timestamp.IsZero() {
+		return errors.New("timestamp is required")
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"tokens_in", e.TokensIn}, {"tokens_out", e.TokensOut}, {"duration_ms", e.DurationMS}, {"api_calls", e.APICalls}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s must be ≥ 0", f.name)
+		}
+		if f.v > MaxMetric {
+			return fmt.Errorf("%s is larger than %d", f.name, int64(MaxMetric))
+		}
+	}
+	return nil
+}
+
+// DecodeEvent reads one event strictly: unknown fields are an error, as in
+// the reference's model.
+func DecodeEvent(b []byte) (*Event, error) {
+	var e Event
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("invalid usage event: %w", err)
+	}
+	if err := e.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid usage event: %w", err)
+	}
+	e.Timestamp = e.Timestamp.UTC()
+	return &e, nil
+}
