@@ -53,6 +53,15 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	bind 127.0.0.1
 	reverse_proxy 127.0.0.1:19000
 }
+:18083 {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage $work/data
+		metering off
+	}
+	reverse_proxy 127.0.0.1:19000
+}
 CF
 "$work/asap-caddy" run --config "$work/agent.Caddyfile" >"$work/agent.log" 2>&1 &
 "$work/asap-caddy" run --config "$work/sidecar.Caddyfile" >"$work/sidecar.log" 2>&1 &
@@ -75,12 +84,13 @@ run() { # name port [connections]
 echo "wrk: ${secs}s, $conns connections, echo task through each path"
 run warmup 18082 >/dev/null
 run plain_reverse_proxy 18082
+run asap_metering_off 18083
 run asap_strict 18080
 run asap_relaxed 18081
 echo "latency at one connection (no queueing):"
 run plain_1conn 18082 1
 run strict_1conn 18080 1
 run relaxed_1conn 18081 1
-awk -v p="$(cat "$work/plain_reverse_proxy.rps")" -v s="$(cat "$work/asap_strict.rps")" -v r="$(cat "$work/asap_relaxed.rps")" \
-	'BEGIN { printf "ratio strict/plain %.2f   relaxed/plain %.2f\n", s/p, r/p }'
+awk -v p="$(cat "$work/plain_reverse_proxy.rps")" -v s="$(cat "$work/asap_strict.rps")" -v r="$(cat "$work/asap_relaxed.rps")" -v o="$(cat "$work/asap_metering_off.rps")" \
+	'BEGIN { printf "vs plain: metering-off %.2f  strict %.2f  relaxed %.2f   vs metering-off: strict %.2f  relaxed %.2f\n", o/p, s/p, r/p, s/o, r/o }'
 curl -s localhost:12019/asap/status | tr -d '\n' | head -c 400; echo

@@ -14,14 +14,14 @@ import (
 
 // BenchmarkRequestOverhead measures one task through real Caddy to the demo
 // agent, with plain reverse_proxy and with the asap handler in front of it
-// (strict and relaxed durability), in the same run. The difference per
+// (metering off, strict and relaxed durability), in the same run. The difference per
 // request is the handler's added cost. Run:
 //
 //	go test -run '^$' -bench RequestOverhead -benchtime 5s ./caddymodule
 func BenchmarkRequestOverhead(b *testing.B) {
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
-	ports := []int{freePort(b), freePort(b), freePort(b), freePort(b), freePort(b)}
+	ports := []int{freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b)}
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -55,7 +55,16 @@ func BenchmarkRequestOverhead(b *testing.B) {
 	}
 	reverse_proxy 127.0.0.1:%d
 }
-`, ports[0], ports[1], ports[2], ports[1], ports[3], dir, ports[1], ports[4], dir, ports[1])
+:%d {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage %s
+		metering off
+	}
+	reverse_proxy 127.0.0.1:%d
+}
+`, ports[0], ports[1], ports[2], ports[1], ports[3], dir, ports[1], ports[4], dir, ports[1], ports[5], dir, ports[1])
 	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -71,7 +80,7 @@ func BenchmarkRequestOverhead(b *testing.B) {
 	for _, bc := range []struct {
 		name string
 		port int
-	}{{"agent-direct", ports[1]}, {"plain-reverse_proxy", ports[2]}, {"asap-strict", ports[3]}, {"asap-relaxed", ports[4]}} {
+	}{{"agent-direct", ports[1]}, {"plain-reverse_proxy", ports[2]}, {"asap-metering-off", ports[5]}, {"asap-strict", ports[3]}, {"asap-relaxed", ports[4]}} {
 		b.Run(bc.name, func(b *testing.B) {
 			url := fmt.Sprintf("http://127.0.0.1:%d/asap", bc.port)
 			var seq atomic.Uint64

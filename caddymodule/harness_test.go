@@ -50,15 +50,23 @@ type sidecar struct {
 	ports     [3]int
 	upstream  string
 	options   string
+	// siteExtra is more directives for the sidecar's site block.
+	siteExtra string
 }
 
 // startSidecar runs a config whose asap block holds options (one per
 // line), proxying to upstream ("" for the demo agent).
 func startSidecar(t testing.TB, upstream, options string) *sidecar {
 	t.Helper()
+	return startSidecarWith(t, upstream, options, "")
+}
+
+// startSidecarWith is startSidecar with more directives in the site.
+func startSidecarWith(t testing.TB, upstream, options, siteExtra string) *sidecar {
+	t.Helper()
 	caddyMu.Lock()
 	t.Cleanup(caddyMu.Unlock)
-	s := &sidecar{t: t, dir: t.TempDir(), upstream: upstream, options: options}
+	s := &sidecar{t: t, dir: t.TempDir(), upstream: upstream, options: options, siteExtra: siteExtra}
 	s.ports = [3]int{freePort(t), freePort(t), freePort(t)}
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", s.ports[0])
 	s.agentURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
@@ -89,13 +97,14 @@ func (s *sidecar) caddyfile(options string) string {
 		storage %s
 		%s
 	}
+	%s
 	reverse_proxy %s
 }
 :%d {
 	bind 127.0.0.1
 	asap_demo_agent
 }
-`, s.adminAddr, s.ports[0], s.dir, strings.ReplaceAll(options, "\n", "\n\t\t"), up, s.ports[1])
+`, s.adminAddr, s.ports[0], s.dir, strings.ReplaceAll(options, "\n", "\n\t\t"), s.siteExtra, up, s.ports[1])
 }
 
 // load (re)loads the config with new asap options, as POST /load does.

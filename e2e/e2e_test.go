@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -236,5 +237,45 @@ func TestSIGTERMFinishesInFlightCalls(t *testing.T) {
 	defer db.Close()
 	if c, _ := metering.CountsOf(db, "urn:asap:agent:demo"); c.Forwarded != 5 {
 		t.Fatalf("after graceful stop %d records, want 5", c.Forwarded)
+	}
+}
+
+func TestUsageExportCommand(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	for i := 0; i < 3; i++ {
+		if ok, err := call(s.url, fmt.Sprintf("01JEXPORT%017d", i), "echo", `{"tokens_in":4,"tokens_out":2}`); !ok {
+			t.Fatal(err)
+		}
+	}
+	out, err := cli(t, "asap", "usage", "export", "--format", "csv", "--address", s.admin, "--since", "1h")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\r\n"), "\r\n")
+	if len(lines) != 4 || lines[0] != "task_id,agent_id,consumer_id,tokens_in,tokens_out,duration_ms,api_calls,timestamp" ||
+		!strings.Contains(lines[1], ",urn:asap:agent:demo,urn:asap:agent:client,4,2,") || !strings.HasSuffix(lines[1], "+00:00") {
+		t.Fatalf("csv export:\n%s", out)
+	}
+	// --db on a running sidecar's directory fails clearly.
+	out, err = cli(t, "asap", "usage", "export", "--db", s.dir)
+	if err == nil || !strings.Contains(out, "drop --db") {
+		t.Fatalf("--db on a running sidecar: %v: %s", err, out)
+	}
+	s.stop(syscall.SIGTERM)
+	out, err = cli(t, "asap", "usage", "export", "--db", s.dir, "--format", "json", "--agent", "urn:asap:agent:demo")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var doc struct {
+		Data []struct {
+			TaskID   string `json:"task_id"`
+			TokensIn int64  `json:"tokens_in"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Data) != 3 || doc.Data[0].TokensIn != 4 {
+		t.Fatalf("json export from --db: %v: %s", err, out)
+	}
+	if out, err := cli(t, "asap", "usage", "export", "--format", "xml", "--db", s.dir); err == nil || !strings.Contains(out, "--format must be csv or json") {
+		t.Fatalf("bad format: %v: %s", err, out)
 	}
 }
