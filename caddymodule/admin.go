@@ -36,6 +36,8 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
 		{Pattern: "/asap/usage", Handler: caddy.AdminHandlerFunc(serveUsage)},
 		{Pattern: "/asap/usage/", Handler: caddy.AdminHandlerFunc(serveUsage)},
+		{Pattern: "/asap/delegations", Handler: caddy.AdminHandlerFunc(serveDelegations)},
+		{Pattern: "/asap/delegations/", Handler: caddy.AdminHandlerFunc(serveDelegations)},
 	}
 }
 
@@ -55,11 +57,25 @@ func serveUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	store, err := app.usageStore(r.Context(), r.URL.Query().Get("storage"))
+	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
 	if err != nil {
 		return err
 	}
-	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), store)
+	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), h.usageStore())
+	return nil
+}
+
+// serveDelegations serves the Delegation API of the running config.
+func serveDelegations(w http.ResponseWriter, r *http.Request) error {
+	app, err := runningApp()
+	if err != nil {
+		return err
+	}
+	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+	if err != nil {
+		return err
+	}
+	api.Delegations(w, r, r.URL.Path, delegationService{h})
 	return nil
 }
 

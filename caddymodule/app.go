@@ -2,9 +2,13 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -70,10 +75,19 @@ type Store struct {
 	dir   string
 	flush time.Duration
 	ready chan struct{}
-	db    *storage.DB
 	err   error
-	// openedAt is when the process opened the database; it survives
-	// reloads, which share the open handle.
+	*shared
+}
+
+// shared is what one open database brings, kept across reloads.
+type shared struct {
+	db *storage.DB
+	// ledger holds revocations and per-token task counts.
+	ledger *delegation.Ledger
+	// agentKey signs when a handler configures no key: generated once
+	// and kept beside the database.
+	agentKey ed25519.PrivateKey
+	// openedAt is when the process opened the database.
 	openedAt time.Time
 }
 
@@ -85,19 +99,26 @@ var ErrStoreUnavailable = errors.New("asap: storage is not available")
 func (s *Store) Wait(ctx context.Context, d time.Duration) (*storage.DB, error) {
 	select {
 	case <-s.ready:
-		return s.db, s.err
+		return s.dbOrErr()
 	default:
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-s.ready:
-		return s.db, s.err
+		return s.dbOrErr()
 	case <-t.C:
 		return nil, ErrStoreUnavailable
 	case <-ctx.Done():
 		return nil, ErrStoreUnavailable
 	}
+}
+
+func (s *Store) dbOrErr() (*storage.DB, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s.db, nil
 }
 
 // Dir is the database directory.
@@ -121,13 +142,57 @@ func (a *App) register(h *Handler) {
 	a.mu.Unlock()
 }
 
-type openDB struct {
-	*storage.DB
-	openedAt time.Time
-}
+type openDB struct{ *shared }
 
 // Destruct closes the database once the last config using it is gone.
-func (o openDB) Destruct() error { return o.Close() }
+func (o openDB) Destruct() error { return o.db.Close() }
+
+// openShared opens dir's database and what goes with it.
+func openShared(dir string, flush time.Duration, logger *zap.Logger) (*shared, error) {
+	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush})
+	if err != nil {
+		return nil, err
+	}
+	ledger, err := delegation.OpenLedger(db)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	key, generated, err := defaultAgentKey(dir)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	if generated {
+		logger.Info("generated an agent key for handlers without a key option; back it up, or set key",
+			zap.String("file", filepath.Join(dir, agentKeyFile)))
+	}
+	return &shared{db: db, ledger: ledger, agentKey: key, openedAt: time.Now()}, nil
+}
+
+// agentKeyFile is the generated key's name inside the storage directory.
+const agentKeyFile = "agent.key"
+
+func defaultAgentKey(dir string) (ed25519.PrivateKey, bool, error) {
+	path := filepath.Join(dir, agentKeyFile)
+	if key, err := delegation.LoadPrivateKey(path); err == nil {
+		return key, false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("asap: reading %s: %w", path, err)
+	}
+	key, err := delegation.GenerateKey()
+	if err != nil {
+		return nil, false, err
+	}
+	pemBytes, err := delegation.PrivatePEM(key)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := os.WriteFile(path, pemBytes, 0o600); err != nil {
+		return nil, false, fmt.Errorf("asap: writing %s: %w", path, err)
+	}
+	return key, true, nil
+}
 
 // Start opens (or, on reload, shares) every database a handler asked for.
 func (a *App) Start() error {
@@ -136,18 +201,18 @@ func (a *App) Start() error {
 	for _, dir := range a.sortedDirs() {
 		s := a.stores[dir]
 		val, loaded, err := databases.LoadOrNew(dir, func() (caddy.Destructor, error) {
-			db, err := storage.Open(storage.Options{Dir: dir, Logger: a.logger.Named("storage"), FlushInterval: s.flush})
+			sh, err := openShared(dir, s.flush, a.logger)
 			if err != nil {
 				return nil, err
 			}
-			return openDB{db, time.Now()}, nil
+			return openDB{sh}, nil
 		})
 		if err != nil {
 			a.abortStart(err)
 			return fmt.Errorf("asap: opening storage %s: %w", dir, err)
 		}
 		a.opened = append(a.opened, dir)
-		s.db, s.openedAt = val.(openDB).DB, val.(openDB).openedAt
+		s.shared = val.(openDB).shared
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
 	}
@@ -161,7 +226,7 @@ func (a *App) abortStart(cause error) {
 	}
 	a.opened = nil
 	for _, s := range a.stores {
-		s.db, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
+		s.shared, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
 		select {
 		case <-s.ready:
 		default:
@@ -198,10 +263,10 @@ func (a *App) sortedDirs() []string {
 	return dirs
 }
 
-// usageStore is the metering store an API request is about: the one
-// database when there is one, else the one named by want (a storage
-// directory).
-func (a *App) usageStore(ctx context.Context, want string) (*metering.Store, error) {
+// apiHandler is the handler an API request is about: the one database
+// when there is one, else the one named by want (a storage directory). It
+// returns once that database is open.
+func (a *App) apiHandler(ctx context.Context, want string) (*Handler, error) {
 	var chosen *Handler
 	dirs := map[string]bool{}
 	for _, h := range a.handlerList() {
@@ -219,12 +284,14 @@ func (a *App) usageStore(ctx context.Context, want string) (*metering.Store, err
 		return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
 			Message: fmt.Sprintf("name the database with ?storage=DIR; configured: %s", strings.Join(names, ", "))}
 	}
-	db, err := chosen.store.Wait(ctx, storeWait)
-	if err != nil {
+	if _, err := chosen.store.Wait(ctx, storeWait); err != nil {
 		return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 	}
-	return metering.New(db, chosen.Retention.Std()), nil
+	return chosen, nil
 }
+
+// usageStore is the metering store of h's database.
+func (h *Handler) usageStore() *metering.Store { return metering.New(h.store.db, h.Retention.Std()) }
 
 func (a *App) handlerList() []*Handler {
 	a.mu.Lock()

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -38,7 +41,12 @@ type Handler struct {
 	durability storage.Durability
 	metering   bool
 	limits     protocol.Limits
-	rejected   atomic.Uint64
+
+	actions      map[protocol.PayloadType]string
+	signKey      ed25519.PrivateKey
+	verifier     *delegation.Verifier
+	verifierOnce sync.Once
+	rejected     atomic.Uint64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -60,6 +68,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.durability, _ = storage.ParseDurability(h.Durability)
 	h.metering = h.Metering != config.MeteringOff
 	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
+	if err := h.setupDelegation(); err != nil {
+		return err
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("asap: registering metrics: %w", err)
 	}
@@ -101,14 +112,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if perr != nil {
 		return h.reject(w, http.StatusOK, perr.JSON())
 	}
-	if !req.Forwardable() {
-		return h.reject(w, http.StatusOK, localAnswer(req))
-	}
 	db, err := h.store.Wait(r.Context(), storeWait)
 	if err != nil {
 		h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
 		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
 			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
+	}
+	grants := h.authorize(r, req)
+	if !req.Forwardable() {
+		return h.reject(w, http.StatusOK, localAnswer(req))
 	}
 
 	forward := forwardBody(req, body)
@@ -123,8 +135,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	err = nil
 
 	out := h.outcome(req, cw, upstreamErr)
-	if h.metering {
-		recs := h.account(req, out, elapsed)
+	if out.noAnswer {
+		releaseUnanswered(grants)
+	}
+	recs := h.account(req, grants, out, elapsed)
+	if len(recs) > 0 {
 		pending := h.persist(db, recs)
 		if h.durability == storage.Strict {
 			err = pending.Wait(r.Context())

@@ -83,7 +83,7 @@ func TestDemoAgentThroughSidecar(t *testing.T) {
 	}
 	ag := st.Agents[0]
 	if ag.Agent != "urn:asap:agent:demo" || ag.Storage != s.dir || ag.Forwarded != 2 || ag.Completed != 1 || ag.Failed != 1 ||
-		st.Version != Version || st.UptimeSeconds <= 0 || ag.Durability != "strict" || ag.Delegation != "require" {
+		st.Version != Version || st.UptimeSeconds <= 0 || ag.Durability != "strict" || ag.Delegation != "off" {
 		t.Fatalf("status = %+v", st)
 	}
 	// Discovery passes through untouched.

@@ -80,7 +80,12 @@ func startSidecarWith(t testing.TB, upstream, options, siteExtra string) *sideca
 	return s
 }
 
+// caddyfile is the config under test. Tests that are not about
+// delegation run with it off; the ones that are say so in options.
 func (s *sidecar) caddyfile(options string) string {
+	if !strings.Contains(options, "delegation ") {
+		options += "\ndelegation off"
+	}
 	up := s.upstream
 	if up == "" {
 		up = fmt.Sprintf("127.0.0.1:%d", s.ports[1])

@@ -72,7 +72,8 @@ func (p *PublicAPI) Validate() error {
 }
 
 func isAPIPath(p string) bool {
-	return p == "/usage" || strings.HasPrefix(p, "/usage/")
+	return p == "/usage" || strings.HasPrefix(p, "/usage/") ||
+		p == "/asap/delegations" || strings.HasPrefix(p, "/asap/delegations/")
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -92,7 +93,7 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		api.Error(w, http.StatusUnauthorized, "Invalid authentication token")
 		return nil
 	}
-	store, err := p.app.usageStore(r.Context(), p.Storage)
+	h, err := p.app.apiHandler(r.Context(), p.Storage)
 	if err != nil {
 		var ae caddy.APIError
 		if errors.As(err, &ae) {
@@ -101,7 +102,11 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		return err
 	}
-	api.Usage(w, r, r.URL.Path, store)
+	if strings.HasPrefix(r.URL.Path, "/usage") {
+		api.Usage(w, r, r.URL.Path, h.usageStore())
+	} else {
+		api.Delegations(w, r, r.URL.Path, delegationService{h})
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -15,6 +16,10 @@ import (
 type callRecord struct {
 	agent  string
 	failed bool
+	// count says whether the outcome counters move (metering on).
+	count bool
+	// reservation is the call's delegation slots, persisted with the task.
+	reservation *delegation.Reservation
 	// event is the usage event; nil when the agent never answered
 	// (unreachable, timed out, cut off), which is not usage.
 	event *metering.Event
@@ -22,22 +27,30 @@ type callRecord struct {
 	dedup string
 }
 
-// account builds one record per forwarded call of req.
-func (h *Handler) account(req *protocol.Request, out outcome, elapsed time.Duration) []callRecord {
+// account builds one record per forwarded call of req that has anything
+// to write: metering's event and counters, or the delegation counts.
+func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, elapsed time.Duration) []callRecord {
 	now := time.Now().UTC()
 	recs := make([]callRecord, 0, len(req.Calls))
-	for _, c := range req.Calls {
+	for i, c := range req.Calls {
 		if c.Err != nil {
 			continue
 		}
+		g := grants[i]
+		if !h.metering && (g.reservation == nil || out.noAnswer) {
+			continue
+		}
 		env := &c.Envelope
-		rec := callRecord{agent: h.Agent, dedup: env.ID}
+		rec := callRecord{agent: h.Agent, dedup: env.ID, count: h.metering}
+		if !out.noAnswer {
+			rec.reservation = g.reservation
+		}
 		if rec.agent == "" {
 			rec.agent = env.Recipient
 		}
 		rep, answered := replyFor(req, c.ID, out.replies)
 		rec.failed = out.failAll || (answered && rep.Failed())
-		if out.noAnswer {
+		if out.noAnswer || !h.metering {
 			recs = append(recs, rec)
 			continue
 		}
@@ -58,6 +71,10 @@ func (h *Handler) account(req *protocol.Request, out outcome, elapsed time.Durat
 			Status:      rep.Status,
 			PayloadType: env.Type().String(),
 			EnvelopeID:  env.ID,
+		}
+		if g.chain != nil {
+			ev.DelegationID = g.chain.Leaf().Claims.ID
+			ev.RootIssuer = g.chain.Root().Claims.Issuer
 		}
 		switch {
 		case ev.Status != "":
@@ -86,9 +103,18 @@ func (h *Handler) account(req *protocol.Request, out outcome, elapsed time.Durat
 func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 	meter := metering.New(db, h.Retention.Std())
 	recorded := make([]bool, len(recs))
+	now := time.Now()
 	write := func(tx *storage.Tx) error {
 		clear(recorded) // the pipeline may run this more than once
 		for i := range recs {
+			if res := recs[i].reservation; res != nil {
+				if err := res.Stage(tx, now); err != nil {
+					return err
+				}
+			}
+			if !recs[i].count {
+				continue
+			}
 			if err := metering.CountOutcome(tx, recs[i].agent, recs[i].failed); err != nil {
 				return err
 			}
@@ -104,6 +130,9 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 		return nil
 	}
 	then := func(err error) {
+		for i := range recs {
+			recs[i].reservation.Finish()
+		}
 		if err != nil {
 			return
 		}

@@ -182,7 +182,11 @@ func (o *Options) Validate() error {
 		}
 	}
 	switch o.Delegation {
-	case DelegationRequire, DelegationOptional, DelegationOff:
+	case DelegationRequire, DelegationOptional:
+		if o.Agent == "" {
+			bad("agent", "required with delegation %s: tokens are checked against the agent this sidecar guards (or set delegation off)", o.Delegation)
+		}
+	case DelegationOff:
 	default:
 		bad("delegation", "%q is not a policy; use require, optional or off", o.Delegation)
 	}

@@ -498,7 +498,7 @@ func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 		t.Fatal("a default constant changed")
 	}
 
-	var o Options
+	o := Options{Agent: "urn:asap:agent:research"}
 	o.ApplyDefaults()
 	checks := []struct {
 		name      string
@@ -506,6 +506,7 @@ func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 	}{
 		{"delegation", o.Delegation, DelegationRequire},
 		{"durability", o.Durability, "strict"},
+		{"metering", o.Metering, "on"},
 		{"flush_interval", o.FlushInterval.Std(), time.Second},
 		{"retention", o.Retention.Std(), 720 * time.Hour},
 		{"clock_skew", o.ClockSkew.Std(), 30 * time.Second},
@@ -515,7 +516,7 @@ func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 		{"max_token_size", o.MaxTokenSize, Size(16 << 10)},
 		{"inspect_limit", o.InspectLimit, Size(4 << 20)},
 		{"storage", o.Storage, ""},
-		{"agent", o.Agent, ""},
+		{"agent", o.Agent, "urn:asap:agent:research"},
 		{"key", o.KeyFile, ""},
 	}
 	for _, c := range checks {
@@ -534,8 +535,22 @@ func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 	}
 }
 
+// With delegation on by default, the agent it guards must be named.
+func TestDefaultsNeedAnAgent(t *testing.T) {
+	var o Options
+	o.ApplyDefaults()
+	err := o.Validate()
+	if err == nil || !strings.Contains(err.Error(), "option agent: required with delegation require") {
+		t.Fatalf("defaults without agent: %v", err)
+	}
+	o.Delegation = DelegationOff
+	if err := o.Validate(); err != nil {
+		t.Fatalf("delegation off needs no agent: %v", err)
+	}
+}
+
 func TestApplyDefaultsFillsSLADefaultsOnlyWithSLA(t *testing.T) {
-	o := Options{SLA: &SLA{}}
+	o := Options{Agent: "urn:asap:agent:research", SLA: &SLA{}}
 	o.ApplyDefaults()
 	if o.SLA.HealthInterval.Std() != 10*time.Second {
 		t.Errorf("sla health_interval = %v, want 10s", o.SLA.HealthInterval.Std())
@@ -603,6 +618,7 @@ func validOptions() *Options {
 		ClockSkew:     durPtr(30 * time.Second),
 		Storage:       "/var/lib/asap",
 		Durability:    "strict",
+		Metering:      "on",
 		FlushInterval: Duration(time.Second),
 		Retention:     Duration(720 * time.Hour),
 		SLA: &SLA{
@@ -625,7 +641,8 @@ func TestValidateAcceptsValidConfig(t *testing.T) {
 		t.Fatalf("valid options rejected: %v", err)
 	}
 	o := validOptions()
-	o.Agent = "" // the manifest's id is used then
+	o.Delegation = DelegationOff
+	o.Agent = "" // with delegation off, records use the envelope's recipient
 	o.SLA = nil
 	o.Trust, o.Actions, o.Alerts = nil, nil, nil
 	if err := o.Validate(); err != nil {
@@ -679,6 +696,8 @@ func TestValidateNamesEachBadOption(t *testing.T) {
 		{"durability unknown", "durability", func(o *Options) { o.Durability = "eventual" }},
 		{"durability empty", "durability", func(o *Options) { o.Durability = "" }},
 		{"durability relaxed", "", func(o *Options) { o.Durability = "relaxed" }},
+		{"metering unknown", "metering", func(o *Options) { o.Metering = "maybe" }},
+		{"metering off", "", func(o *Options) { o.Metering = "off" }},
 		// flush_interval 1ms..1m
 		{"flush_interval 999us", "flush_interval", func(o *Options) { o.FlushInterval = Duration(999 * time.Microsecond) }},
 		{"flush_interval 1ms", "", func(o *Options) { o.FlushInterval = Duration(time.Millisecond) }},

@@ -97,6 +97,9 @@ type sidecar struct {
 }
 
 func (s *sidecar) caddyfile(options string) string {
+	if !strings.Contains(options, "delegation ") {
+		options += "\ndelegation off"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 }

@@ -1,0 +1,163 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+)
+
+// DelegationService is what the Delegation API needs from the sidecar.
+type DelegationService interface {
+	// Mint signs a new token (attenuating req.Parent when given) and
+	// records it. Errors wrapping delegation.ErrInvalidGrant are the
+	// caller's fault; ErrNoSigningKey means the sidecar cannot sign.
+	Mint(ctx context.Context, req MintRequest) (*delegation.Minted, error)
+	List(activeOnly bool) ([]delegation.Record, error)
+	// Get returns a minted token's record (nil if not minted here) and
+	// its task count.
+	Get(id string) (*delegation.Record, int64, error)
+	Revoke(ctx context.Context, id string) error
+}
+
+// ErrNoSigningKey is returned by Mint when no key is available.
+var ErrNoSigningKey = errors.New("no delegation key is configured for this agent")
+
+// MintRequest is the body of POST /asap/delegations (the reference's, plus
+// parent and cnf_jwk).
+type MintRequest struct {
+	Delegate         string          `json:"delegate"`
+	Scopes           []string        `json:"scopes"`
+	ExpiresInSeconds int64           `json:"expires_in_seconds"`
+	MaxTasks         *int64          `json:"max_tasks"`
+	Parent           string          `json:"parent,omitempty"`
+	CnfJWK           json.RawMessage `json:"cnf_jwk,omitempty"`
+}
+
+type delegationSummary struct {
+	ID        string    `json:"id"`
+	Delegator string    `json:"delegator"`
+	Delegate  string    `json:"delegate"`
+	CreatedAt time.Time `json:"created_at"`
+	Active    bool      `json:"active"`
+}
+
+type delegationDetail struct {
+	delegationSummary
+	RevokedAt  *time.Time `json:"revoked_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	Scopes     []string   `json:"scopes"`
+	MaxTasks   *int64     `json:"max_tasks"`
+	ParentID   string     `json:"parent_id,omitempty"`
+	UsageCount int64      `json:"usage_count"`
+}
+
+// Delegations serves /asap/delegations and /asap/delegations/{id}.
+func Delegations(w http.ResponseWriter, r *http.Request, path string, svc DelegationService) {
+	rest := strings.TrimPrefix(strings.TrimSuffix(path, "/"), "/asap/delegations")
+	if rest == "" {
+		switch r.Method {
+		case http.MethodPost:
+			createDelegation(w, r, svc)
+		case http.MethodGet:
+			listDelegations(w, r, svc)
+		default:
+			methodNotAllowed(w, "GET, POST")
+		}
+		return
+	}
+	id := strings.TrimPrefix(rest, "/")
+	if id == "" || strings.Contains(id, "/") || len(id) > 256 {
+		Error(w, http.StatusNotFound, "Not Found")
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		getDelegation(w, id, svc)
+	case http.MethodDelete:
+		if err := svc.Revoke(r.Context(), id); err != nil {
+			Error(w, http.StatusInternalServerError, "revoking %s: %v", id, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		methodNotAllowed(w, "GET, DELETE")
+	}
+}
+
+func createDelegation(w http.ResponseWriter, r *http.Request, svc DelegationService) {
+	b, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req MintRequest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		Error(w, http.StatusBadRequest, "invalid delegation request: %v", err)
+		return
+	}
+	if req.ExpiresInSeconds == 0 {
+		req.ExpiresInSeconds = int64(delegation.DefaultTTL / time.Second)
+	}
+	m, err := svc.Mint(r.Context(), req)
+	switch {
+	case errors.Is(err, delegation.ErrInvalidGrant):
+		Error(w, http.StatusBadRequest, "%v", err)
+	case errors.Is(err, ErrNoSigningKey):
+		Error(w, http.StatusServiceUnavailable, "Delegation key not configured for this agent")
+	case err != nil:
+		Error(w, http.StatusInternalServerError, "minting: %v", err)
+	default:
+		writeJSON(w, http.StatusCreated, map[string]string{"token": m.Chain})
+	}
+}
+
+func listDelegations(w http.ResponseWriter, r *http.Request, svc DelegationService) {
+	active := true
+	switch r.URL.Query().Get("active") {
+	case "", "true", "1":
+	case "false", "0":
+		active = false
+	default:
+		Error(w, http.StatusBadRequest, "active must be true or false")
+		return
+	}
+	recs, err := svc.List(active)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "listing delegations: %v", err)
+		return
+	}
+	now := time.Now()
+	out := make([]delegationSummary, len(recs))
+	for i, rec := range recs {
+		out[i] = summary(&rec, now)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func summary(r *delegation.Record, now time.Time) delegationSummary {
+	return delegationSummary{ID: r.ID, Delegator: r.Delegator, Delegate: r.Delegate, CreatedAt: r.CreatedAt, Active: r.Active(now)}
+}
+
+func getDelegation(w http.ResponseWriter, id string, svc DelegationService) {
+	rec, used, err := svc.Get(id)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading %s: %v", id, err)
+		return
+	}
+	if rec == nil {
+		Error(w, http.StatusNotFound, "Delegation token not found")
+		return
+	}
+	writeJSON(w, http.StatusOK, delegationDetail{
+		delegationSummary: summary(rec, time.Now()),
+		RevokedAt:         rec.RevokedAt, ExpiresAt: rec.ExpiresAt, Scopes: rec.Scopes,
+		MaxTasks: rec.MaxTasks, ParentID: rec.ParentID, UsageCount: used,
+	})
+}

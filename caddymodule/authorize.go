@@ -1,0 +1,175 @@
+package caddymodule
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/config"
+)
+
+// defaultActions is SPEC §3's mapping from payload types to the scope they
+// need. Types not listed (and not mapped with the action option) need "*".
+var defaultActions = map[protocol.PayloadType]string{
+	protocol.TypeTaskRequest:      delegation.ScopeTaskExecute,
+	protocol.TypeTaskUpdate:       delegation.ScopeTaskExecute,
+	protocol.TypeMCPToolCall:      delegation.ScopeTaskExecute,
+	protocol.TypeMessageSend:      delegation.ScopeTaskExecute,
+	protocol.TypeTaskCancel:       delegation.ScopeTaskCancel,
+	protocol.TypeStateQuery:       delegation.ScopeDataRead,
+	protocol.TypeMCPResourceFetch: delegation.ScopeDataRead,
+	protocol.TypeStateRestore:     delegation.ScopeDataWrite,
+	protocol.TypeArtifactNotify:   delegation.ScopeDataWrite,
+}
+
+// sharedLinkCache outlives config reloads: entries record the key they
+// verified with, so a reload that changes keys cannot reuse them wrongly.
+var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
+
+// setupDelegation loads the keys and builds the verifier. It runs in
+// Provision, so `caddy validate` catches unreadable keys.
+func (h *Handler) setupDelegation() error {
+	h.actions = make(map[protocol.PayloadType]string, len(defaultActions)+len(h.Actions))
+	for t, s := range defaultActions {
+		h.actions[t] = s
+	}
+	for t, s := range h.Actions {
+		h.actions[protocol.NormalizeType(t)] = s
+	}
+	trusted := map[string]ed25519.PublicKey{}
+	if h.KeyFile != "" {
+		key, err := delegation.LoadPrivateKey(h.KeyFile)
+		if err != nil {
+			return fmt.Errorf("asap: option key: %w", err)
+		}
+		h.signKey = key
+		if h.Agent != "" {
+			trusted[h.Agent] = key.Public().(ed25519.PublicKey)
+		}
+	}
+	for _, t := range h.Trust {
+		pub, err := delegation.LoadPublicKey(t.KeyFile)
+		if err != nil {
+			return fmt.Errorf("asap: option trust %s: %w", t.Agent, err)
+		}
+		trusted[t.Agent] = pub
+	}
+	h.verifier = &delegation.Verifier{
+		Self:     h.Agent,
+		Trusted:  trusted,
+		MaxDepth: h.MaxChainDepth,
+		MaxSize:  int(h.MaxTokenSize),
+		Skew:     h.ClockSkew.Std(),
+	}
+	h.verifier.UseCache(sharedLinkCache)
+	return nil
+}
+
+// signingKey is the key delegations are minted with: the key option, or
+// the key generated beside the database.
+func (h *Handler) signingKey() ed25519.PrivateKey {
+	if h.signKey != nil {
+		return h.signKey
+	}
+	return h.store.agentKey
+}
+
+// verifierFor is the verifier with the generated agent key trusted for
+// the protected agent when no key option names one.
+func (h *Handler) verifierFor() *delegation.Verifier {
+	h.verifierOnce.Do(func() {
+		if h.signKey == nil && h.Agent != "" && h.store.agentKey != nil {
+			if _, ok := h.verifier.Trusted[h.Agent]; !ok {
+				h.verifier.Trusted[h.Agent] = h.store.agentKey.Public().(ed25519.PublicKey)
+			}
+		}
+	})
+	return h.verifier
+}
+
+// grant is what authorization gave one call.
+type grant struct {
+	chain       *delegation.Chain
+	reservation *delegation.Reservation
+}
+
+// authorize applies the delegation policy to every call of req: rejected
+// calls get their error set (and are not forwarded); accepted ones get
+// their slots reserved. It returns the grants by call index.
+func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
+	grants := make([]grant, len(req.Calls))
+	if h.Delegation == config.DelegationOff {
+		return grants
+	}
+	value := r.Header.Get(delegation.Header)
+	if value == "" && h.Delegation == config.DelegationOptional {
+		return grants
+	}
+	v := h.verifierFor()
+	chain, rej := v.Verify(value)
+	if rej == nil {
+		rej = h.store.ledger.CheckRevoked(chain)
+	}
+	now := time.Now()
+	for i := range req.Calls {
+		c := &req.Calls[i]
+		if c.Err != nil {
+			continue
+		}
+		callRej := rej
+		if callRej == nil {
+			env := &c.Envelope
+			callRej = v.CheckCall(chain, env.Sender, env.Recipient, h.action(env.Type()))
+		}
+		if callRej == nil {
+			var res *delegation.Reservation
+			if res, callRej = h.store.ledger.Reserve(chain, now); callRej == nil {
+				grants[i] = grant{chain: chain, reservation: res}
+				continue
+			}
+		}
+		c.Err = delegationError(callRej).WithID(c.ID)
+		h.logger.Info("delegation rejected",
+			zap.String("reason", callRej.Reason), zap.String("jti", callRej.JTI),
+			zap.String("sender", c.Envelope.Sender), zap.String("envelope_id", c.Envelope.ID))
+	}
+	return grants
+}
+
+func (h *Handler) action(t protocol.PayloadType) string {
+	if s, ok := h.actions[t]; ok {
+		return s
+	}
+	return delegation.ScopeAll
+}
+
+var classCodes = map[delegation.Class]int{
+	delegation.ClassMalformed: protocol.CodeTokenMalformed,
+	delegation.ClassSignature: protocol.CodeTokenSignature,
+	delegation.ClassTime:      protocol.CodeTokenTime,
+	delegation.ClassRevoked:   protocol.CodeTokenRevoked,
+	delegation.ClassScope:     protocol.CodeTokenScope,
+	delegation.ClassAudience:  protocol.CodeTokenAudience,
+	delegation.ClassLimit:     protocol.CodeTokenLimitSpent,
+}
+
+func delegationError(r *delegation.Rejection) *protocol.Error {
+	e := protocol.NewError(classCodes[r.Class], r.Reason, r.Detail)
+	if r.JTI != "" {
+		e.Extra = map[string]any{"jti": r.JTI}
+	}
+	return e
+}
+
+// releaseUnanswered gives back the slots of calls the agent never
+// answered.
+func releaseUnanswered(grants []grant) {
+	for _, g := range grants {
+		g.reservation.Release()
+	}
+}

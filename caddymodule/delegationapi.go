@@ -1,0 +1,69 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+)
+
+// delegationService backs the Delegation API with one handler's key,
+// verifier and ledger.
+type delegationService struct{ h *Handler }
+
+func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*delegation.Minted, error) {
+	h := s.h
+	key := h.signingKey()
+	if key == nil || h.Agent == "" {
+		return nil, api.ErrNoSigningKey
+	}
+	g := delegation.Grant{
+		Issuer:   h.Agent,
+		Delegate: req.Delegate,
+		Scopes:   req.Scopes,
+		TTL:      time.Duration(req.ExpiresInSeconds) * time.Second,
+		MaxTasks: req.MaxTasks,
+		CnfJWK:   req.CnfJWK,
+	}
+	if req.ExpiresInSeconds < 1 || req.ExpiresInSeconds > int64(delegation.MaxTTL/time.Second) {
+		return nil, fmt.Errorf("%w: expires_in_seconds must be within 1..%d", delegation.ErrInvalidGrant, int64(delegation.MaxTTL/time.Second))
+	}
+	if req.Parent != "" {
+		chain, rej := h.verifierFor().Verify(req.Parent)
+		if rej == nil {
+			rej = h.store.ledger.CheckRevoked(chain)
+		}
+		if rej != nil {
+			return nil, fmt.Errorf("%w: parent: %s", delegation.ErrInvalidGrant, rej.Error())
+		}
+		g.Parent = chain
+	}
+	m, err := delegation.Mint(g, key)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := h.store.ledger.RecordIssued(ctx, m); err != nil {
+		return nil, fmt.Errorf("recording the token: %w", err)
+	}
+	return m, nil
+}
+
+func (s delegationService) List(activeOnly bool) ([]delegation.Record, error) {
+	return s.h.store.ledger.Issued(activeOnly)
+}
+
+func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
+	rec, err := s.h.store.ledger.Get(id)
+	if err != nil || rec == nil {
+		return nil, 0, err
+	}
+	used, err := s.h.store.ledger.Used(id)
+	return rec, used, err
+}
+
+func (s delegationService) Revoke(ctx context.Context, id string) error {
+	_, err := s.h.store.ledger.Revoke(ctx, id, time.Now())
+	return err
+}
