@@ -3,6 +3,8 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -278,4 +280,72 @@ func TestUsageExportCommand(t *testing.T) {
 	if out, err := cli(t, "asap", "usage", "export", "--format", "xml", "--db", s.dir); err == nil || !strings.Contains(out, "--format must be csv or json") {
 		t.Fatalf("bad format: %v: %s", err, out)
 	}
+}
+
+func TestKeygenAndDelegationCommands(t *testing.T) {
+	keys := t.TempDir()
+	out, err := cli(t, "asap", "keygen", "--out", keys, "--name", "demo")
+	if err != nil || !strings.Contains(out, "thumbprint") {
+		t.Fatalf("keygen: %v: %s", err, out)
+	}
+	for name, mode := range map[string]os.FileMode{"demo.key": 0o600, "demo.jwk": 0o600, "demo.pub": 0o644, "demo.pub.jwk": 0o644} {
+		st, err := os.Stat(filepath.Join(keys, name))
+		if err != nil || st.Mode().Perm() != mode {
+			t.Fatalf("%s: %v %v", name, err, st)
+		}
+	}
+	if out, err := cli(t, "asap", "keygen", "--out", keys, "--name", "demo"); err == nil || !strings.Contains(out, "--force") {
+		t.Fatalf("keygen overwrote a key: %v %s", err, out)
+	}
+
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo\ndelegation require\nkey "+filepath.Join(keys, "demo.key"))
+	token, err := cli(t, "asap", "delegation", "create", "--address", s.admin, "--delegate", "urn:asap:agent:client", "--scopes", "task.execute", "--max-tasks", "10", "--expires-in", "1h")
+	token = strings.TrimSpace(token)
+	if err != nil || strings.Count(token, ".") != 2 {
+		t.Fatalf("create: %v: %s", err, token)
+	}
+	if ok, err := callWithToken(s.url, "01JCLITOKEN000000000000001", token); !ok {
+		t.Fatalf("minted token refused: %v", err)
+	}
+	out, err = cli(t, "asap", "delegation", "list", "--address", s.admin)
+	if err != nil || !strings.Contains(out, "urn:asap:agent:client") || !strings.Contains(out, "true") {
+		t.Fatalf("list: %v: %s", err, out)
+	}
+	pub := filepath.Join(keys, "demo.pub")
+	out, err = cli(t, "asap", "delegation", "inspect", token, "--trust", "urn:asap:agent:demo="+pub, "--sender", "urn:asap:agent:client", "--recipient", "urn:asap:agent:demo")
+	if err != nil || !strings.Contains(out, "VALID") || !strings.Contains(out, "urn:asap:agent:demo delegates to urn:asap:agent:client") {
+		t.Fatalf("inspect: %v: %s", err, out)
+	}
+	out, err = cli(t, "asap", "delegation", "inspect", token, "--trust", "urn:asap:agent:demo="+pub, "--sender", "urn:asap:agent:mallory")
+	if err == nil || !strings.Contains(out, "REJECTED (sender_not_audience)") {
+		t.Fatalf("inspect of a wrong sender: %v: %s", err, out)
+	}
+	id := strings.Fields(strings.Split(out, "\n")[0])[2]
+	if out, err := cli(t, "asap", "delegation", "revoke", "--address", s.admin, id); err != nil {
+		t.Fatalf("revoke: %v: %s", err, out)
+	}
+	if ok, _ := callWithToken(s.url, "01JCLITOKEN000000000000002", token); ok {
+		t.Fatal("revoked token still accepted")
+	}
+	s.stop(syscall.SIGTERM)
+	out, err = cli(t, "asap", "delegation", "list", "--db", s.dir, "--all", "--json")
+	if err != nil || !strings.Contains(out, `"active":false`) || !strings.Contains(out, id) {
+		t.Fatalf("list --db: %v: %s", err, out)
+	}
+}
+
+func callWithToken(url, id, token string) (bool, error) {
+	req, _ := http.NewRequest(http.MethodPost, url+"/asap", strings.NewReader(envelope(id, "echo", `{}`)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-ASAP-Delegation-Token", token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(b), `"result"`) {
+		return false, fmt.Errorf("%s", b)
+	}
+	return true, nil
 }
