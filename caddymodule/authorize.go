@@ -141,6 +141,32 @@ func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
 	return grants
 }
 
+// authorizeUpgrade checks the chain presented when a WebSocket opens: the
+// frames that follow are not inspected, so the connection itself must be
+// delegated (signatures, times, attenuation, revocation, and task.execute
+// granted). Per-message audience checks and task limits do not apply to
+// WebSocket traffic.
+func (h *Handler) authorizeUpgrade(r *http.Request) *delegation.Rejection {
+	value := r.Header.Get(delegation.Header)
+	if value == "" && h.Delegation == config.DelegationOptional {
+		return nil
+	}
+	if _, err := h.store.Wait(r.Context(), storeWait); err != nil {
+		return &delegation.Rejection{Class: delegation.ClassLimit, Reason: "storage_unavailable", Detail: "the sidecar's storage is not available; retry later"}
+	}
+	chain, rej := h.verifierFor().Verify(value)
+	if rej == nil {
+		rej = h.store.ledger.CheckRevoked(chain)
+	}
+	if rej == nil && !chain.Grants(delegation.ScopeTaskExecute) {
+		rej = &delegation.Rejection{Class: delegation.ClassScope, Reason: "action_not_granted", Detail: "a WebSocket connection needs a chain granting task.execute"}
+	}
+	if rej != nil {
+		h.logger.Info("delegation rejected", zap.String("reason", rej.Reason), zap.String("jti", rej.JTI), zap.String("path", r.URL.Path))
+	}
+	return rej
+}
+
 func (h *Handler) action(t protocol.PayloadType) string {
 	if s, ok := h.actions[t]; ok {
 		return s

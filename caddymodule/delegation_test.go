@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
@@ -10,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/coder/websocket"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
@@ -288,3 +291,36 @@ func TestDelegationAPIErrors(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestWebSocketNeedsADelegatedHandshake(t *testing.T) {
+	s := startSidecar(t, "", requireOpts)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wsURL := strings.Replace(s.url, "http", "ws", 1) + "/asap/ws"
+	_, resp, err := websocket.Dial(ctx, wsURL, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("WebSocket without a token: %v %v", resp, err)
+	}
+	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"]}`)
+	conn, _, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{delegation.Header: {token}}})
+	if err != nil {
+		t.Fatalf("WebSocket with a token: %v", err)
+	}
+	defer conn.CloseNow()
+	if err := conn.Write(ctx, websocket.MessageText, []byte(rpc("w", envelope("01JWSTOKEN00000000000000001", "echo", `{}`)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := conn.Read(ctx); err != nil || decodeAnswer(t, msg).Result == nil {
+		t.Fatalf("echo over a delegated WebSocket: %v %s", err, msg)
+	}
+	leaf, _ := delegation.ParseLink(token)
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+s.adminAddr+"/asap/delegations/"+leaf.Claims.ID, nil)
+	r2, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if _, resp, err := websocket.Dial(ctx, wsURL, &websocket.DialOptions{HTTPHeader: http.Header{delegation.Header: {token}}}); err == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("WebSocket with a revoked token: %v %v", resp, err)
+	}
+}

@@ -94,6 +94,11 @@ const storeWait = 10 * time.Second
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !inspects(r) {
+		if isUpgrade(r) && h.Delegation != config.DelegationOff {
+			if rej := h.authorizeUpgrade(r); rej != nil {
+				return h.reject(w, http.StatusForbidden, delegationError(rej).JSON())
+			}
+		}
 		return next.ServeHTTP(w, r)
 	}
 	if r.ContentLength > int64(h.MaxBody) {
@@ -188,7 +193,7 @@ func inspects(r *http.Request) bool {
 	if r.Method != http.MethodPost {
 		return false
 	}
-	if strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade") {
+	if isUpgrade(r) {
 		return false
 	}
 	p := strings.TrimSuffix(path.Clean("/"+r.URL.Path), "/")
@@ -200,6 +205,10 @@ func inspects(r *http.Request) bool {
 func (h *Handler) rejectTooLarge(w http.ResponseWriter) error {
 	w.Header().Set("Connection", "close")
 	return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
+}
+
+func isUpgrade(r *http.Request) bool {
+	return strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade")
 }
 
 func (h *Handler) tooLarge() []byte {
