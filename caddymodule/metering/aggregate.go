@@ -1,11 +1,12 @@
 package metering
 
 import (
-	"encoding/csv"
+	"bufio"
 	"fmt"
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -177,25 +178,37 @@ func (s *Store) Summarize(f Filter) (Summary, error) {
 var CSVHeader = []string{"task_id", "agent_id", "consumer_id", "tokens_in", "tokens_out", "duration_ms", "api_calls", "timestamp"}
 
 // WriteCSV writes events as the reference's CSV export: its header, CRLF
-// line ends, and timestamps in Python's isoformat (+00:00, microseconds
-// only when non-zero).
+// line ends, Python's csv quoting (QUOTE_MINIMAL: only fields holding a
+// comma, quote or line break), and timestamps in Python's isoformat
+// (+00:00, microseconds only when non-zero). encoding/csv quotes more
+// (leading spaces, `\.`), so the rows are written here.
 func WriteCSV(w io.Writer, events []Event) error {
-	cw := csv.NewWriter(w)
-	cw.UseCRLF = true
-	if err := cw.Write(CSVHeader); err != nil {
-		return err
-	}
+	bw := bufio.NewWriter(w)
+	writeRow(bw, CSVHeader)
 	for i := range events {
 		e := &events[i]
-		if err := cw.Write([]string{e.TaskID, e.AgentID, e.ConsumerID,
+		writeRow(bw, []string{e.TaskID, e.AgentID, e.ConsumerID,
 			strconv.FormatInt(e.TokensIn, 10), strconv.FormatInt(e.TokensOut, 10),
 			strconv.FormatInt(e.DurationMS, 10), strconv.FormatInt(e.APICalls, 10),
-			PythonISO(e.Timestamp)}); err != nil {
-			return err
+			PythonISO(e.Timestamp)})
+	}
+	return bw.Flush()
+}
+
+func writeRow(w *bufio.Writer, fields []string) {
+	for i, f := range fields {
+		if i > 0 {
+			w.WriteByte(',')
+		}
+		if strings.ContainsAny(f, ",\"\r\n") {
+			w.WriteByte('"')
+			w.WriteString(strings.ReplaceAll(f, `"`, `""`))
+			w.WriteByte('"')
+		} else {
+			w.WriteString(f)
 		}
 	}
-	cw.Flush()
-	return cw.Error()
+	w.WriteString("\r\n")
 }
 
 // PythonISO formats t as Python's datetime.isoformat() does for a UTC time.

@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Event is one task's usage, in the reference's UsageMetrics shape plus the
@@ -107,7 +109,7 @@ func (e *Event) Validate() error {
 		if f.v == "" {
 			return fmt.Errorf("%s is required", f.name)
 		}
-		if len(f.v) > 256 {
+		if utf8.RuneCountInString(f.v) > 256 {
 			return fmt.Errorf("%s is longer than 256 characters", f.name)
 		}
 		if strings.IndexFunc(f.v, unicode.IsControl) >= 0 {
@@ -116,6 +118,9 @@ func (e *Event) Validate() error {
 	}
 	if e.Timestamp.IsZero() {
 		return errors.New("timestamp is required")
+	}
+	if y := e.Timestamp.UTC().Year(); y < 1970 || y > 9999 {
+		return fmt.Errorf("timestamp year %d is outside 1970..9999", y)
 	}
 	for _, f := range []struct {
 		name string
@@ -131,13 +136,36 @@ func (e *Event) Validate() error {
 	return nil
 }
 
-// DecodeEvent reads one event strictly: unknown fields are an error, as in
-// the reference's model.
+// eventFields are the JSON names an event may carry, matched exactly.
+var eventFields = map[string]bool{
+	"task_id": true, "agent_id": true, "consumer_id": true, "tokens_in": true, "tokens_out": true,
+	"duration_ms": true, "api_calls": true, "timestamp": true, "status": true, "payload_type": true,
+	"envelope_id": true, "delegation_id": true, "root_issuer": true,
+}
+
+// DecodeEvent reads one event strictly, as the reference's model does:
+// one JSON object, nothing after it, and no field it does not know (names
+// compared exactly; encoding/json alone would match them in any case).
 func DecodeEvent(b []byte) (*Event, error) {
-	var e Event
+	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
+	if err := dec.Decode(&fields); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, errors.New("invalid usage event: must be a JSON object")
+		}
+		return nil, fmt.Errorf("invalid usage event: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("invalid usage event: data after the JSON object")
+	}
+	for name := range fields {
+		if !eventFields[name] {
+			return nil, fmt.Errorf("invalid usage event: unknown field %q", truncate(name, 32))
+		}
+	}
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("invalid usage event: %w", err)
 	}
 	if err := e.Validate(); err != nil {

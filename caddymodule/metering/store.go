@@ -21,7 +21,8 @@ import (
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
 // The ULID's time part is the event's timestamp, so every prefix is also in
-// time order and a time window is a seek plus a stop. Index entries carry a
+// time order (to the millisecond; within one, in arrival order) and a time
+// window is a seek plus a stop. Index entries carry a
 // copy of the event so a filtered query never goes back to the primary.
 // Everything but the counters expires after the retention period.
 type Store struct {
@@ -212,6 +213,9 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 // returning at most limit.
 func (s *Store) Query(f Filter, limit, offset int) ([]Event, error) {
 	out := []Event{}
+	if limit <= 0 {
+		return out, nil
+	}
 	skipped := 0
 	err := s.Each(f, func(e *Event) bool {
 		if skipped < offset {
