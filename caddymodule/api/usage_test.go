@@ -17,7 +17,6 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
-
 func openDB(t testing.TB) *storage.DB {
 	t.Helper()
 	db, err := storage.Open(storage.Options{Dir: t.TempDir()})

@@ -20,7 +20,6 @@ const (
 	consC2 = "urn:asap:agent:c2"
 )
 
-
 func openDB(t testing.TB) *storage.DB {
 	t.Helper()
 	db, err := storage.Open(storage.Options{Dir: t.TempDir()})
