@@ -37,6 +37,17 @@ cat > "$work/sidecar.Caddyfile" <<CF
 		agent urn:asap:agent:demo
 		storage $work/data
 		durability strict
+		delegation off
+	}
+	reverse_proxy 127.0.0.1:19000
+}
+:18084 {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage $work/data
+		durability strict
+		delegation require
 	}
 	reverse_proxy 127.0.0.1:19000
 }
@@ -46,6 +57,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 		agent urn:asap:agent:demo
 		storage $work/data
 		durability relaxed
+		delegation off
 	}
 	reverse_proxy 127.0.0.1:19000
 }
@@ -59,6 +71,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 		agent urn:asap:agent:demo
 		storage $work/data
 		metering off
+		delegation off
 	}
 	reverse_proxy 127.0.0.1:19000
 }
@@ -82,15 +95,22 @@ run() { # name port [connections]
 	echo "$rps" > "$work/$1.rps"
 }
 echo "wrk: ${secs}s, $conns connections, echo task through each path"
+# Every run sends the same request bytes, token included; only the
+# all-features sidecar checks it.
+export ASAP_TOKEN
+ASAP_TOKEN=$("$work/asap-caddy" asap delegation create --address 127.0.0.1:12019 --delegate urn:asap:agent:client --expires-in 1h)
 run warmup 18082 >/dev/null
 run plain_reverse_proxy 18082
 run asap_metering_off 18083
 run asap_strict 18080
+run asap_all_features 18084
 run asap_relaxed 18081
 echo "latency at one connection (no queueing):"
 run plain_1conn 18082 1
 run strict_1conn 18080 1
 run relaxed_1conn 18081 1
+run all_features_1conn 18084 1
 awk -v p="$(cat "$work/plain_reverse_proxy.rps")" -v s="$(cat "$work/asap_strict.rps")" -v r="$(cat "$work/asap_relaxed.rps")" -v o="$(cat "$work/asap_metering_off.rps")" \
-	'BEGIN { printf "vs plain: metering-off %.2f  strict %.2f  relaxed %.2f   vs metering-off: strict %.2f  relaxed %.2f\n", o/p, s/p, r/p, s/o, r/o }'
+	-v a="$(cat "$work/asap_all_features.rps")" \
+	'BEGIN { printf "vs plain: metering-off %.2f  strict %.2f  relaxed %.2f  all features (token+strict) %.2f   vs metering-off: strict %.2f  relaxed %.2f\n", o/p, s/p, r/p, a/p, s/o, r/o }'
 curl -s localhost:12019/asap/status | tr -d '\n' | head -c 400; echo

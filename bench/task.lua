@@ -2,6 +2,8 @@
 -- envelope id (so metering sees distinct tasks).
 local counter = 0
 local thread_id = 0
+-- ASAP_TOKEN, when set, is sent as the delegation chain.
+token = os.getenv("ASAP_TOKEN")
 
 function setup(thread)
   thread:set("tid", thread_id)
@@ -18,5 +20,9 @@ request = function()
   local body = '{"jsonrpc":"2.0","method":"asap.send","id":"' .. id .. '","params":{"envelope":{"id":"' .. id ..
     '","asap_version":"0.1","sender":"urn:asap:agent:client","recipient":"urn:asap:agent:demo","payload_type":"task.request",' ..
     '"payload":{"conversation_id":"c","skill_id":"echo","input":{"text":"hello"}}}}}'
-  return wrk.format("POST", "/asap", {["Content-Type"] = "application/json", ["X-Idempotency-Key"] = id}, body)
+  local headers = {["Content-Type"] = "application/json", ["X-Idempotency-Key"] = id}
+  if token ~= nil and token ~= "" then
+    headers["X-ASAP-Delegation-Token"] = token
+  end
+  return wrk.format("POST", "/asap", headers, body)
 end
