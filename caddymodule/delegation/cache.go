@@ -33,10 +33,8 @@ func newLinkCache(size int) *linkCache {
 	return &linkCache{cur: map[string]*cachedLink{}, half: size / 2}
 }
 
-func (v *Verifier) initCache() { v.cache = newLinkCache(DefaultCacheSize) }
-
-// UseCache gives the verifier a cache of the given size; verifiers made
-// for each config reload can share one.
+// UseCache gives the verifier a shared cache (verifiers made for each
+// config reload can share one). Call it before the first Verify.
 func (v *Verifier) UseCache(c *LinkCache) { v.cache = (*linkCache)(c) }
 
 // LinkCache is a verified-link cache that can outlive one Verifier.

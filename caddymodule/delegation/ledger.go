@@ -84,9 +84,6 @@ func (l *Ledger) IsRevoked(jti string) (time.Time, bool) {
 	return at, ok
 }
 
-// revocationTTL keeps a revocation as long as the token could be used.
-const revocationTTL = MaxTTL + 24*time.Hour
-
 // Revoke revokes jti (any id, minted here or not) and, among the tokens
 // minted here, every descendant. It returns the ids it revoked. The
 // revocation is durable before it returns and applies to the next request.
@@ -119,7 +116,9 @@ func (l *Ledger) Revoke(ctx context.Context, jti string, now time.Time) ([]strin
 			if _, err := tx.Get(revokeKey(id)); err == nil {
 				continue // keep the first revocation time
 			}
-			tx.SetWithTTL(revokeKey(id), stamp, revocationTTL)
+			// Kept for good: tokens from other issuers may live
+			// longer than any TTL chosen here, and revocations are few.
+			tx.Set(revokeKey(id), stamp)
 			if r := byID[id]; r != nil && r.RevokedAt == nil {
 				r.RevokedAt = &now
 				b, err := json.Marshal(r)

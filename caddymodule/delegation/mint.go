@@ -130,8 +130,13 @@ func Mint(g Grant, key ed25519.PrivateKey) (*Minted, error) {
 			c.NotBefore = &nbf
 		}
 		c.Proof = []string{p.Hash}
+		pub := key.Public().(ed25519.PublicKey)
+		if cnf := p.Claims.Confirmation; cnf != nil && len(cnf.JWK) > 0 {
+			if bound, err := p.cnfKey(); err != nil || !sameKey(bound, pub) {
+				return nil, invalid("the parent binds another key (cnf.jwk) than the one signing")
+			}
+		}
 		if cnf := p.Claims.Confirmation; cnf != nil && cnf.JKT != "" {
-			pub := key.Public().(ed25519.PublicKey)
 			if Thumbprint(pub) != cnf.JKT {
 				return nil, invalid("the parent binds another key (cnf.jkt) than the one signing")
 			}

@@ -15,6 +15,12 @@ import (
 	"sync"
 )
 
+// Bounds on claims, so that nothing a forger writes is echoed at length.
+const (
+	maxClaimLen = 256
+	maxScopes   = 32
+)
+
 // Header is the name of the HTTP header carrying a chain.
 const Header = "X-ASAP-Delegation-Token"
 
@@ -148,7 +154,9 @@ func HashOf(compact string) string {
 // form only: no signature, time or policy.
 func ParseLink(compact string) (*Link, *Rejection) {
 	parts := strings.Split(compact, ".")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+	// An empty signature is left to the algorithm check: "alg":"none"
+	// tokens carry none, and must be refused as such.
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" {
 		return nil, reject(ClassMalformed, "not_compact_jws", "a token must be three base64url parts joined by dots")
 	}
 	hb, err1 := b64.DecodeString(parts[0])
@@ -183,6 +191,10 @@ func ParseLink(compact string) (*Link, *Rejection) {
 		return nil, reject(ClassMalformed, "missing_scp", "the token grants no scope (scp)")
 	case len(c.Proof) > 1:
 		return nil, reject(ClassMalformed, "bad_prf", "prf must hold exactly one parent hash")
+	case len(c.ID) > maxClaimLen || len(c.Issuer) > maxClaimLen || len(c.Audience) > maxClaimLen:
+		return nil, reject(ClassMalformed, "claim_too_long", fmt.Sprintf("jti, iss and aud are at most %d bytes", maxClaimLen))
+	case len(c.Scopes) > maxScopes:
+		return nil, reject(ClassMalformed, "too_many_scopes", fmt.Sprintf("a token grants at most %d scopes", maxScopes))
 	}
 	if c.Constraints != nil && c.Constraints.MaxTasks != nil && *c.Constraints.MaxTasks < 0 {
 		return nil, reject(ClassMalformed, "bad_max_tasks", "max_tasks must be ≥ 0")

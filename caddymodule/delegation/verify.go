@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -24,7 +25,8 @@ type Verifier struct {
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 
-	cache *linkCache
+	cacheOnce sync.Once
+	cache     *linkCache
 }
 
 // Chain is a verified chain, leaf first.
@@ -81,9 +83,11 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 	if v.MaxDepth > 0 && n > v.MaxDepth {
 		return nil, reject(ClassMalformed, "chain_too_deep", fmt.Sprintf("the chain has %d links, more than the limit of %d", n, v.MaxDepth))
 	}
-	if v.cache == nil {
-		v.initCache()
-	}
+	v.cacheOnce.Do(func() {
+		if v.cache == nil {
+			v.cache = newLinkCache(DefaultCacheSize)
+		}
+	})
 
 	// Structure: parse every link (or take it from the cache).
 	links := make([]*Link, n)
@@ -235,7 +239,7 @@ func checkChild(child, parent *Link) *Rejection {
 			return reject(ClassScope, "scope_escalation", fmt.Sprintf("token %s grants %q, which its parent does not", c.ID, truncate(s, 32)))
 		}
 	}
-	if start(c) < start(p) || int64(*c.Expiry) > int64(*p.Expiry) {
+	if windowEscapes(c, p) {
 		return reject(ClassScope, "time_window_escape", fmt.Sprintf("token %s is valid outside its parent's window", c.ID))
 	}
 	if pm := parent.MaxTasks(); pm >= 0 {
@@ -252,6 +256,16 @@ func start(c *Claims) int64 {
 		return int64(*c.NotBefore)
 	}
 	return c.IssuedAt.or(0)
+}
+
+// windowEscapes reports whether the child's [start, exp] leaves its
+// parent's [nbf, exp]. A parent without nbf opens at once: its iat only
+// says when it was signed (by a clock that may run ahead), not a bound.
+func windowEscapes(c, p *Claims) bool {
+	if int64(*c.Expiry) > int64(*p.Expiry) {
+		return true
+	}
+	return p.NotBefore != nil && start(c) < int64(*p.NotBefore)
 }
 
 // grants reports whether scopes allow scope s: "*" allows everything, and
