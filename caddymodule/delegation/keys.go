@@ -23,6 +23,13 @@ var algEd25519 = jwa.SignatureAlgorithm(AlgEd25519)
 func init() {
 	jws.RegisterSigner(algEd25519, jws.SignerFactoryFn(func() (jws.Signer, error) { return ed25519Signer{}, nil }))
 	jws.RegisterVerifier(algEd25519, jws.VerifierFactoryFn(func() (jws.Verifier, error) { return ed25519Verifier{}, nil }))
+	for _, alg := range []string{AlgEd25519, AlgEdDSA} {
+		v, err := jws.NewVerifier(jwa.SignatureAlgorithm(alg))
+		if err != nil {
+			panic(fmt.Sprintf("delegation: jwx has no verifier for %s: %v", alg, err))
+		}
+		verifiers[alg] = v
+	}
 }
 
 type ed25519Signer struct{}
@@ -50,12 +57,16 @@ func (ed25519Verifier) Verify(payload, sig []byte, key any) error {
 	return nil
 }
 
+// verifiers are jwx's verifiers for the two accepted names, looked up once
+// in init, after the registration (they keep no state).
+var verifiers = map[string]jws.Verifier{}
+
 // verifySignature checks l's signature with pub through jwx's verifier for
 // the link's algorithm name.
 func verifySignature(l *Link, pub ed25519.PublicKey) error {
-	v, err := jws.NewVerifier(jwa.SignatureAlgorithm(l.Alg))
-	if err != nil {
-		return err
+	v, ok := verifiers[l.Alg]
+	if !ok {
+		return fmt.Errorf("algorithm %q is not accepted", l.Alg)
 	}
 	return v.Verify(l.signingInput, l.signature, pub)
 }
