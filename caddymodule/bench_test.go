@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
 )
 
 // BenchmarkRequestOverhead measures one task through real Caddy to the demo
@@ -21,7 +24,7 @@ import (
 func BenchmarkRequestOverhead(b *testing.B) {
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
-	ports := []int{freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b)}
+	ports := []int{freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b)}
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -43,6 +46,7 @@ func BenchmarkRequestOverhead(b *testing.B) {
 		agent urn:asap:agent:demo
 		storage %s
 		durability strict
+		delegation off
 	}
 	reverse_proxy 127.0.0.1:%d
 }
@@ -52,6 +56,7 @@ func BenchmarkRequestOverhead(b *testing.B) {
 		agent urn:asap:agent:demo
 		storage %s
 		durability relaxed
+		delegation off
 	}
 	reverse_proxy 127.0.0.1:%d
 }
@@ -61,10 +66,21 @@ func BenchmarkRequestOverhead(b *testing.B) {
 		agent urn:asap:agent:demo
 		storage %s
 		metering off
+		delegation off
 	}
 	reverse_proxy 127.0.0.1:%d
 }
-`, ports[0], ports[1], ports[2], ports[1], ports[3], dir, ports[1], ports[4], dir, ports[1], ports[5], dir, ports[1])
+:%d {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage %s
+		durability strict
+		delegation require
+	}
+	reverse_proxy 127.0.0.1:%d
+}
+`, ports[0], ports[1], ports[2], ports[1], ports[3], dir, ports[1], ports[4], dir, ports[1], ports[5], dir, ports[1], ports[6], dir, ports[1])
 	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -74,13 +90,32 @@ func BenchmarkRequestOverhead(b *testing.B) {
 	}
 	defer caddy.Stop()
 
+	// A token for the all-features path, minted as the admin API would.
+	app, err := runningApp()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var token string
+	for _, h := range app.handlerList() {
+		if h.Delegation == "require" {
+			if _, err := h.store.Wait(context.Background(), storeWait); err != nil {
+				b.Fatal(err)
+			}
+			m, err := delegationService{h}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
+			if err != nil {
+				b.Fatal(err)
+			}
+			token = m.Chain
+		}
+	}
+
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
 	for _, bc := range []struct {
 		name string
 		port int
-	}{{"agent-direct", ports[1]}, {"plain-reverse_proxy", ports[2]}, {"asap-metering-off", ports[5]}, {"asap-strict", ports[3]}, {"asap-relaxed", ports[4]}} {
+	}{{"agent-direct", ports[1]}, {"plain-reverse_proxy", ports[2]}, {"asap-metering-off", ports[5]}, {"asap-strict", ports[3]}, {"asap-relaxed", ports[4]}, {"asap-all-features", ports[6]}} {
 		b.Run(bc.name, func(b *testing.B) {
 			url := fmt.Sprintf("http://127.0.0.1:%d/asap", bc.port)
 			var seq atomic.Uint64
@@ -88,16 +123,21 @@ func BenchmarkRequestOverhead(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					id := fmt.Sprintf("01JBENCH%018d", seq.Add(1))
-					resp, err := c.Post(url, "application/json", strings.NewReader(rpc("b", envelope(id, "echo", `{"text":"hello"}`))))
+					n := seq.Add(1)
+					id := fmt.Sprintf("01JBENCH%018d", n)
+					// Every path gets the same bytes, token included.
+					req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(rpc("b", envelope(id, "echo", `{"text":"hello"}`))))
+					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("X-ASAP-Delegation-Token", token)
+					resp, err := c.Do(req)
 					if err != nil {
 						b.Error(err)
 						return
 					}
-					_, _ = io.Copy(io.Discard, resp.Body)
+					body, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
-					if resp.StatusCode != 200 {
-						b.Errorf("status %d", resp.StatusCode)
+					if resp.StatusCode != 200 || (n%512 == 1 && !strings.Contains(string(body), `"result"`)) {
+						b.Errorf("not a task answer: %d %s", resp.StatusCode, body)
 						return
 					}
 				}
