@@ -14,16 +14,17 @@ import (
 // Store keeps usage events in the storage key spaces for usage:
 //
 //	u <ulid>                         event (primary, time-ordered)
-//	v a\0<agent>\0<ulid>             copy, by agent
-//	v c\0<consumer>\0<ulid>          copy, by consumer
-//	v t\0<task id>\0<ulid>           copy, by task
+//	v a\0<agent>\0<ulid>             index by agent (no value)
+//	v c\0<consumer>\0<ulid>          index by consumer
+//	v t\0<task id>\0<ulid>           index by task
 //	w <agent>\0<envelope id>         dedup marker → ulid
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
 // The ULID's time part is the event's timestamp, so every prefix is also in
 // time order (to the millisecond; within one, in arrival order) and a time
-// window is a seek plus a stop. Index entries carry a
-// copy of the event so a filtered query never goes back to the primary.
+// window is a seek plus a stop. Index entries are keys only: writes stay
+// small on the hot path, and a filtered query reads the events its index
+// range names.
 // Everything but the counters expires after the retention period.
 type Store struct {
 	db        *storage.DB
@@ -87,9 +88,9 @@ func (s *Store) Put(tx *storage.Tx, e *Event, dedup string) (bool, error) {
 		return false, err
 	}
 	tx.SetWithTTL(primaryKey(id), b, s.retention)
-	tx.SetWithTTL(indexKey(idxAgent, e.AgentID, id), b, s.retention)
-	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), b, s.retention)
-	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), b, s.retention)
+	tx.SetWithTTL(indexKey(idxAgent, e.AgentID, id), nil, s.retention)
+	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), nil, s.retention)
+	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), nil, s.retention)
 	if mk != nil {
 		tx.SetWithTTL(mk, id[:], s.retention)
 	}
@@ -187,6 +188,7 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 	if !f.End.IsZero() {
 		endMS = ulid.Timestamp(f.End)
 	}
+	primary := prefix[0] == byte(storage.SpaceUsage)
 	return s.db.View(func(r *storage.Reader) error {
 		return r.ScanFrom(prefix, seek, false, func(k, v []byte) (bool, error) {
 			if len(k) < len(prefix)+16 {
@@ -196,6 +198,14 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 			copy(id[:], k[len(k)-16:])
 			if endMS != 0 && id.Time() > endMS {
 				return false, nil // past the window: the rest is later still
+			}
+			if !primary {
+				var err error
+				if v, err = r.Get(primaryKey(id)); errors.Is(err, storage.ErrNotFound) {
+					return true, nil // expired between the index and the event
+				} else if err != nil {
+					return false, err
+				}
 			}
 			var e Event
 			if err := json.Unmarshal(v, &e); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -106,14 +107,11 @@ func ParseRequest(body []byte, lim Limits) (*Request, *Error) {
 	if len(trimmed) == 0 {
 		return nil, NewError(CodeParseError, "empty_body", "the body is empty; send a JSON-RPC 2.0 request")
 	}
-	if !json.Valid(trimmed) {
-		return nil, NewError(CodeParseError, "invalid_json", "the body is not valid JSON")
-	}
 	switch trimmed[0] {
 	case '[':
 		var elems []json.RawMessage
 		if err := json.Unmarshal(trimmed, &elems); err != nil {
-			return nil, NewError(CodeParseError, "invalid_json", "the batch could not be decoded: "+err.Error())
+			return nil, NewError(CodeParseError, "invalid_json", "the body is not valid JSON")
 		}
 		if len(elems) == 0 {
 			return nil, NewError(CodeInvalidRequest, "empty_batch", "the batch is empty; send at least one request")
@@ -128,21 +126,31 @@ func ParseRequest(body []byte, lim Limits) (*Request, *Error) {
 		}
 		return req, nil
 	case '{':
-		return &Request{Calls: []Call{parseCall(trimmed)}}, nil
+		c := parseCall(trimmed)
+		if c.Err != nil && c.Err.Code == CodeParseError {
+			return nil, c.Err // not JSON at all: no id to answer
+		}
+		return &Request{Calls: []Call{c}}, nil
 	default:
+		if !json.Valid(trimmed) {
+			return nil, NewError(CodeParseError, "invalid_json", "the body is not valid JSON")
+		}
 		return nil, NewError(CodeInvalidRequest, "not_an_object", "a JSON-RPC request must be an object or a batch array")
 	}
 }
 
+// wireRequest decodes a call in one pass: params and the envelope are
+// typed here, and a member of the wrong type surfaces as the decoder's
+// UnmarshalTypeError, whose Field says where.
 type wireRequest struct {
 	JSONRPC json.RawMessage `json:"jsonrpc"`
 	Method  json.RawMessage `json:"method"`
-	Params  json.RawMessage `json:"params"`
+	Params  *wireParams     `json:"params"`
 	ID      json.RawMessage `json:"id"`
 }
 
 type wireParams struct {
-	Envelope json.RawMessage `json:"envelope"`
+	Envelope *Envelope `json:"envelope"`
 }
 
 func parseCall(raw json.RawMessage) Call {
@@ -155,8 +163,10 @@ func parseCall(raw json.RawMessage) Call {
 		return fail(NewError(CodeInvalidRequest, "not_an_object", "each JSON-RPC request must be an object"))
 	}
 	var w wireRequest
-	if err := json.Unmarshal(raw, &w); err != nil {
-		return fail(NewError(CodeInvalidRequest, "invalid_request", err.Error()))
+	err := json.Unmarshal(raw, &w)
+	var typeErr *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &typeErr) {
+		return fail(NewError(CodeParseError, "invalid_json", "the request is not valid JSON"))
 	}
 	switch kind(w.ID) {
 	case '"', '0':
@@ -179,27 +189,24 @@ func parseCall(raw json.RawMessage) Call {
 		e.Extra = map[string]any{"method": truncate(method, 64)}
 		return fail(e)
 	}
-	if kind(w.Params) != '{' {
+	if typeErr != nil {
+		switch field := typeErr.Field; {
+		case field == "params":
+			return fail(NewError(CodeInvalidParams, "params_not_object", "params must be an object holding the envelope"))
+		case field == "params.envelope":
+			return fail(NewError(CodeInvalidParams, "envelope_not_object", "params.envelope must be a JSON object"))
+		default:
+			name := strings.TrimPrefix(field, "params.envelope.")
+			return fail(NewError(CodeInvalidParams, "invalid_envelope", fmt.Sprintf("envelope field %q has the wrong type (%s)", truncate(name, 64), typeErr.Value)))
+		}
+	}
+	if w.Params == nil {
 		return fail(NewError(CodeInvalidParams, "params_not_object", "params must be an object holding the envelope"))
 	}
-	var p wireParams
-	if err := json.Unmarshal(w.Params, &p); err != nil {
-		return fail(NewError(CodeInvalidParams, "invalid_params", err.Error()))
-	}
-	switch kind(p.Envelope) {
-	case '{':
-	case 0, 'n':
+	if w.Params.Envelope == nil {
 		return fail(NewError(CodeInvalidParams, "missing_envelope", "params.envelope is missing; put the ASAP envelope there"))
-	default:
-		return fail(NewError(CodeInvalidParams, "envelope_not_object", "params.envelope must be a JSON object"))
 	}
-	if err := json.Unmarshal(p.Envelope, &c.Envelope); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return fail(NewError(CodeInvalidParams, "invalid_envelope", fmt.Sprintf("envelope field %q has the wrong type (%s)", te.Field, te.Value)))
-		}
-		return fail(NewError(CodeInvalidParams, "invalid_envelope", err.Error()))
-	}
+	c.Envelope = *w.Params.Envelope
 	if e := validateEnvelope(&c.Envelope); e != nil {
 		return fail(e)
 	}
