@@ -138,6 +138,7 @@ func DecodeUint64(b []byte) (uint64, error) {
 // during a sync form the next group, so the group size adapts to load.
 func (db *DB) commitLoop() {
 	defer db.done.Done()
+	defer close(db.syncQ) // the syncer finishes what is queued, then stops
 	batch := make([]*pending, 0, db.opts.MaxBatch)
 	for {
 		select {
@@ -232,29 +233,67 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 		txn.Discard()
 		return
 	}
-	err := txn.Commit()
-	if err == nil {
-		strict := false
-		for _, p := range writers {
-			if p.durability == Strict {
-				strict = true
-				break
-			}
-		}
-		if strict {
-			err = db.bdb.Sync()
-		} else {
-			db.dirtyMu.Lock()
-			db.dirty = true
-			db.dirtyMu.Unlock()
-		}
-	}
-	if err != nil {
+	if err := txn.Commit(); err != nil {
 		db.logger.Error("committing write group", zap.Int("writers", len(writers)), zap.Error(err))
 		err = fmt.Errorf("storage: commit: %w", err)
+		for _, p := range writers {
+			p.finish(err)
+		}
+		return
 	}
+	var strict []*pending
+	relaxed := false
 	for _, p := range writers {
-		p.finish(err)
+		if p.durability == Strict {
+			strict = append(strict, p)
+		} else {
+			relaxed = true
+			p.finish(nil)
+		}
+	}
+	if relaxed {
+		db.dirtyMu.Lock()
+		db.dirty = true
+		db.dirtyMu.Unlock()
+	}
+	if len(strict) > 0 {
+		// The syncer makes them durable while this loop goes on
+		// committing the next group.
+		db.syncQ <- strict
+	}
+}
+
+// syncLoop makes committed strict writes durable. It takes every group
+// committed so far, syncs once, and releases them all: while one sync
+// runs, the commit loop keeps committing, so the next sync covers several
+// groups. This overlap is what lets strict durability keep up with load.
+func (db *DB) syncLoop() {
+	defer db.done.Done()
+	for group := range db.syncQ {
+		groups := [][]*pending{group}
+	gather:
+		for {
+			select {
+			case g, ok := <-db.syncQ:
+				if !ok {
+					break gather
+				}
+				groups = append(groups, g)
+			default:
+				break gather
+			}
+		}
+		// Every group here was committed before this Sync starts.
+		err := db.bdb.Sync()
+		if err != nil {
+			db.logger.Error("syncing committed writes", zap.Error(err))
+			err = fmt.Errorf("storage: sync: %w", err)
+		}
+		for _, g := range groups {
+			for _, p := range g {
+				p.finish(err)
+			}
+		}
 	}
 }
 

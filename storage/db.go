@@ -40,6 +40,8 @@ type DB struct {
 	opts   Options
 
 	queue chan *pending
+	// syncQ carries committed strict groups to the syncer.
+	syncQ chan []*pending
 	// closeMu guards closed so no writer enqueues after Close drained the queue.
 	closeMu sync.RWMutex
 	closed  bool
@@ -105,10 +107,12 @@ func Open(opts Options) (*DB, error) {
 		logger: opts.Logger,
 		opts:   opts,
 		queue:  make(chan *pending, 4*opts.MaxBatch),
+		syncQ:  make(chan []*pending, 1024),
 		stop:   make(chan struct{}),
 	}
-	db.done.Add(3)
+	db.done.Add(4)
 	go db.commitLoop()
+	go db.syncLoop()
 	go db.flushLoop()
 	go db.gcLoop()
 	return db, nil
