@@ -1,0 +1,93 @@
+// Package audit keeps the sidecar's append-only, tamper-evident log: a hash
+// chain of entries (SPEC §6), an RFC 6962 Merkle tree over them built
+// incrementally with compact ranges, signed checkpoints in the signed-note
+// format, and inclusion and consistency proofs. Entries are appended inside
+// the same storage transaction as the records they describe.
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/gowebpki/jcs"
+)
+
+// Operations.
+const (
+	OpTaskStarted        = "task.started"
+	OpTaskCompleted      = "task.completed"
+	OpTaskFailed         = "task.failed"
+	OpUsageRecorded      = "usage.recorded"
+	OpDelegationCreated  = "delegation.created"
+	OpDelegationRevoked  = "delegation.revoked"
+	OpDelegationRejected = "delegation.rejected"
+	OpSLABreach          = "sla.breach"
+	OpSLAResolved        = "sla.resolved"
+)
+
+// TimeFormat is how an entry's timestamp is written, in the entry and in
+// the hashed string alike: RFC 3339, UTC, always nine fractional digits.
+const TimeFormat = "2006-01-02T15:04:05.000000000Z"
+
+// Entry is one audit log entry.
+type Entry struct {
+	ID        string          `json:"id"`
+	Seq       uint64          `json:"seq"`
+	Timestamp string          `json:"timestamp"`
+	Operation string          `json:"operation"`
+	AgentURN  string          `json:"agent_urn"`
+	Details   json.RawMessage `json:"details"`
+	PrevHash  string          `json:"prev_hash"`
+	Hash      string          `json:"hash"`
+}
+
+// Record is what a caller asks to append: the log fills in id, seq,
+// timestamp and hashes. Details must never hold secrets.
+type Record struct {
+	Operation string
+	AgentURN  string
+	Details   map[string]any
+}
+
+// Canonical is the RFC 8785 (JCS) form of a JSON value.
+func Canonical(raw json.RawMessage) ([]byte, error) {
+	return jcs.Transform(raw)
+}
+
+// ChainHash is the entry hash of SPEC §6: hex SHA-256 of
+// prev_hash|timestamp|operation|JCS(details).
+func ChainHash(prevHash, timestamp, operation string, canonicalDetails []byte) string {
+	h := sha256.New()
+	h.Write([]byte(prevHash))
+	h.Write([]byte{'|'})
+	h.Write([]byte(timestamp))
+	h.Write([]byte{'|'})
+	h.Write([]byte(operation))
+	h.Write([]byte{'|'})
+	h.Write(canonicalDetails)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Recompute returns the hash e should have given its own fields.
+func (e *Entry) Recompute() (string, error) {
+	canon, err := Canonical(e.Details)
+	if err != nil {
+		return "", fmt.Errorf("details are not JSON: %w", err)
+	}
+	return ChainHash(e.PrevHash, e.Timestamp, e.Operation, canon), nil
+}
+
+// LeafData is the Merkle leaf of the entry: the 32 raw bytes of its hash.
+func (e *Entry) LeafData() ([]byte, error) {
+	b, err := hex.DecodeString(e.Hash)
+	if err != nil || len(b) != sha256.Size {
+		return nil, fmt.Errorf("entry %d: hash is not 32 hex bytes", e.Seq)
+	}
+	return b, nil
+}
+
+// Time parses the entry's timestamp.
+func (e *Entry) Time() (time.Time, error) { return time.Parse(TimeFormat, e.Timestamp) }

@@ -1,0 +1,169 @@
+package audit
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+// Filter narrows a query; zero fields do not filter. Start and End are
+// inclusive.
+type Filter struct {
+	AgentURN, TaskID, Operation string
+	Start, End                  time.Time
+}
+
+// Query returns matching entries in log order, skipping offset, at most
+// limit. A task, agent or operation filter is a range scan of its index;
+// a time window alone starts at the first entry inside it (timestamps
+// never decrease along the log, so it is found by bisection).
+func (l *Log) Query(f Filter, limit, offset int) ([]Entry, error) {
+	out := []Entry{}
+	if limit <= 0 {
+		return out, nil
+	}
+	skipped := 0
+	take := func(e *Entry) (bool, error) {
+		if !f.match(e) {
+			return true, nil
+		}
+		if skipped < offset {
+			skipped++
+			return true, nil
+		}
+		out = append(out, *e)
+		return len(out) < limit, nil
+	}
+	err := l.db.View(func(r *storage.Reader) error {
+		if prefix := f.index(); prefix != nil {
+			return r.Scan(prefix, false, func(k, _ []byte) (bool, error) {
+				seq := k[len(k)-8:]
+				b, err := r.Get(storage.SpaceAudit.Key([]byte("e"), seq))
+				if err != nil {
+					return false, err
+				}
+				var e Entry
+				if err := json.Unmarshal(b, &e); err != nil {
+					return false, err
+				}
+				if f.after(&e) {
+					return false, nil
+				}
+				return take(&e)
+			})
+		}
+		var seek []byte
+		if !f.Start.IsZero() {
+			first, err := firstAtOrAfter(r, f.Start)
+			if err != nil {
+				return err
+			}
+			seek = entryKey(first)
+		}
+		return r.ScanFrom(entryPrefix, seek, false, func(_, v []byte) (bool, error) {
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return false, err
+			}
+			if f.after(&e) {
+				return false, nil
+			}
+			return take(&e)
+		})
+	})
+	return out, err
+}
+
+func (f *Filter) index() []byte {
+	switch {
+	case f.TaskID != "":
+		return indexPrefix(byTask, f.TaskID)
+	case f.AgentURN != "":
+		return indexPrefix(byAgent, f.AgentURN)
+	case f.Operation != "":
+		return indexPrefix(byOperation, f.Operation)
+	}
+	return nil
+}
+
+func (f *Filter) match(e *Entry) bool {
+	if (f.AgentURN != "" && e.AgentURN != f.AgentURN) || (f.Operation != "" && e.Operation != f.Operation) {
+		return false
+	}
+	if f.TaskID != "" {
+		var d struct {
+			TaskID string `json:"task_id"`
+		}
+		if json.Unmarshal(e.Details, &d) != nil || d.TaskID != f.TaskID {
+			return false
+		}
+	}
+	if !f.Start.IsZero() {
+		if t, err := e.Time(); err != nil || t.Before(f.Start) {
+			return false
+		}
+	}
+	return true
+}
+
+// after reports whether e lies past the window (the log is in time order).
+func (f *Filter) after(e *Entry) bool {
+	if f.End.IsZero() {
+		return false
+	}
+	t, err := e.Time()
+	return err == nil && t.After(f.End)
+}
+
+// firstAtOrAfter bisects the log for the first entry at or after t.
+func firstAtOrAfter(r *storage.Reader, t time.Time) (uint64, error) {
+	h, err := readHead(r.Get)
+	if err != nil {
+		return 0, err
+	}
+	lo, hi := uint64(0), h.Size
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		b, err := r.Get(entryKey(mid))
+		if errors.Is(err, storage.ErrNotFound) {
+			// A missing entry (tampering) cannot steer the search: fall
+			// back to scanning from the start.
+			return 0, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		var e Entry
+		if err := json.Unmarshal(b, &e); err != nil {
+			return 0, err
+		}
+		et, err := e.Time()
+		if err != nil {
+			return 0, nil
+		}
+		if et.Before(t) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
+}
+
+// Each calls fn for every entry in log order until fn returns false.
+func (l *Log) Each(fn func(*Entry) bool) error {
+	return l.db.View(func(r *storage.Reader) error {
+		return r.Scan(entryPrefix, false, func(_, v []byte) (bool, error) {
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return false, err
+			}
+			return fn(&e), nil
+		})
+	})
+}
+
+func seqOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }
