@@ -2,10 +2,10 @@ package audit
 
 import (
 	"context"
-	"encoding/base64"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
