@@ -36,6 +36,8 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
 		{Pattern: "/asap/usage", Handler: caddy.AdminHandlerFunc(serveUsage)},
 		{Pattern: "/asap/usage/", Handler: caddy.AdminHandlerFunc(serveUsage)},
+		{Pattern: "/asap/audit", Handler: caddy.AdminHandlerFunc(serveAudit)},
+		{Pattern: "/asap/audit/", Handler: caddy.AdminHandlerFunc(serveAudit)},
 		{Pattern: "/asap/delegations", Handler: caddy.AdminHandlerFunc(serveDelegations)},
 		{Pattern: "/asap/delegations/", Handler: caddy.AdminHandlerFunc(serveDelegations)},
 	}
@@ -62,6 +64,20 @@ func serveUsage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), h.usageStore())
+	return nil
+}
+
+// serveAudit serves the Audit API of the running config.
+func serveAudit(w http.ResponseWriter, r *http.Request) error {
+	app, err := runningApp()
+	if err != nil {
+		return err
+	}
+	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+	if err != nil {
+		return err
+	}
+	api.Audit(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), auditService{h})
 	return nil
 }
 
@@ -99,6 +115,10 @@ type AgentStatus struct {
 	Delegation      string    `json:"delegation"`
 	metering.Counts
 	Rejected uint64 `json:"requests_rejected"`
+	// AuditEntries is the audit log's size; AuditKey the note verifier
+	// key its checkpoints are signed with.
+	AuditEntries uint64 `json:"audit_entries"`
+	AuditKey     string `json:"audit_key,omitempty"`
 }
 
 func serveStatus(w http.ResponseWriter, r *http.Request) error {
@@ -130,6 +150,12 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
 		as.StorageOpenedAt = h.store.openedAt.UTC()
+		if as.AuditEntries, _, err = h.store.audit.Size(); err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading the audit log: %v", err)}
+		}
+		if k := h.auditSigner(); k.err == nil {
+			as.AuditKey = k.vkey
+		}
 		if as.Counts, err = metering.CountsOf(db, h.Agent); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -50,6 +51,9 @@ type App struct {
 	handlers []*Handler
 	// opened are the pool entries this config holds, released in Cleanup.
 	opened []string
+	// stopLoops ends the background loops (checkpoints) of this config.
+	stopLoops chan struct{}
+	loops     sync.WaitGroup
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,6 +88,8 @@ type shared struct {
 	db *storage.DB
 	// ledger holds revocations and per-token task counts.
 	ledger *delegation.Ledger
+	// audit is the database's audit log.
+	audit *audit.Log
 	// agentKey signs when a handler configures no key: generated once
 	// and kept beside the database.
 	agentKey ed25519.PrivateKey
@@ -167,7 +173,7 @@ func openShared(dir string, flush time.Duration, logger *zap.Logger) (*shared, e
 		logger.Info("generated an agent key for handlers without a key option; back it up, or set key",
 			zap.String("file", filepath.Join(dir, agentKeyFile)))
 	}
-	return &shared{db: db, ledger: ledger, agentKey: key, openedAt: time.Now()}, nil
+	return &shared{db: db, ledger: ledger, audit: audit.New(db), agentKey: key, openedAt: time.Now()}, nil
 }
 
 // agentKeyFile is the generated key's name inside the storage directory.
@@ -216,7 +222,26 @@ func (a *App) Start() error {
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
 	}
+	a.startLoops()
 	return nil
+}
+
+// startLoops starts one checkpoint signer per database, run by the first
+// handler that audits it under an agent name.
+func (a *App) startLoops() {
+	a.stopLoops = make(chan struct{})
+	seen := map[*Store]bool{}
+	for _, h := range a.handlers {
+		if seen[h.store] || !h.audit || h.Agent == "" {
+			continue
+		}
+		seen[h.store] = true
+		a.loops.Add(1)
+		go func(h *Handler) {
+			defer a.loops.Done()
+			h.checkpointLoop(a.stopLoops)
+		}(h)
+	}
 }
 
 // abortStart gives back what a failed Start took and fails every waiter.
@@ -244,6 +269,11 @@ func (a *App) Stop() error { return nil }
 func (a *App) Cleanup() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.stopLoops != nil {
+		close(a.stopLoops)
+		a.loops.Wait()
+		a.stopLoops = nil
+	}
 	var errs []error
 	for _, dir := range a.opened {
 		if _, err := databases.Delete(dir); err != nil {

@@ -8,9 +8,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/config"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // defaultActions is SPEC §3's mapping from payload types to the scope they
@@ -116,6 +118,8 @@ func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
 		rej = h.store.ledger.CheckRevoked(chain)
 	}
 	now := time.Now()
+	var rejected []audit.Record
+	defer func() { h.auditRejections(rejected) }()
 	for i := range req.Calls {
 		c := &req.Calls[i]
 		if c.Err != nil {
@@ -137,8 +141,35 @@ func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
 		h.logger.Info("delegation rejected",
 			zap.String("reason", callRej.Reason), zap.String("jti", callRej.JTI),
 			zap.String("sender", c.Envelope.Sender), zap.String("envelope_id", c.Envelope.ID))
+		rejected = append(rejected, rejectionRecord(callRej, &c.Envelope, h.Agent))
 	}
 	return grants
+}
+
+// rejectionRecord is the audit entry of a refused call. It names the rule
+// and the token id, never the token itself.
+func rejectionRecord(rej *delegation.Rejection, env *protocol.Envelope, agent string) audit.Record {
+	d := map[string]any{
+		"reason": rej.Reason, "code": classCodes[rej.Class], "agent": agent,
+		"envelope_id": env.ID, "consumer": env.Sender, "payload_type": env.Type().String(),
+	}
+	if rej.JTI != "" {
+		d["jti"] = rej.JTI
+	}
+	return audit.Record{Operation: audit.OpDelegationRejected, AgentURN: env.Sender, Details: d}
+}
+
+// auditRejections appends rejected calls to the audit log without making
+// the caller wait: a flood of bad tokens must not slow good traffic.
+func (h *Handler) auditRejections(recs []audit.Record) {
+	if len(recs) == 0 || !h.audit {
+		return
+	}
+	now := time.Now()
+	h.store.db.Submit(storage.Relaxed, func(tx *storage.Tx) error {
+		_, err := h.store.audit.Append(tx, now, recs...)
+		return err
+	})
 }
 
 // authorizeUpgrade checks the chain presented when a WebSocket opens: the
@@ -163,6 +194,11 @@ func (h *Handler) authorizeUpgrade(r *http.Request) *delegation.Rejection {
 	}
 	if rej != nil {
 		h.logger.Info("delegation rejected", zap.String("reason", rej.Reason), zap.String("jti", rej.JTI), zap.String("path", r.URL.Path))
+		d := map[string]any{"reason": rej.Reason, "code": classCodes[rej.Class], "agent": h.Agent, "path": r.URL.Path}
+		if rej.JTI != "" {
+			d["jti"] = rej.JTI
+		}
+		h.auditRejections([]audit.Record{{Operation: audit.OpDelegationRejected, AgentURN: h.Agent, Details: d}})
 	}
 	return rej
 }

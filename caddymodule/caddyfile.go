@@ -35,6 +35,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		storage         <dir>
 //		durability      strict|relaxed
 //		metering        on|off
+//		audit           on|off
+//		checkpoint_interval <duration>
 //		flush_interval  <duration>
 //		retention       <duration>
 //		sla {
@@ -99,6 +101,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &o.Durability)
 		case "metering":
 			err = oneArg(d, &o.Metering)
+		case "audit":
+			err = oneArg(d, &o.Audit)
+		case "checkpoint_interval":
+			err = durArg(d, &o.CheckpointInterval)
 		case "flush_interval":
 			err = durArg(d, &o.FlushInterval)
 		case "retention":

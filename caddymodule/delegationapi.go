@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // delegationService backs the Delegation API with one handler's key,
@@ -44,7 +46,22 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 	if err != nil {
 		return nil, err
 	}
-	if _, err := h.store.ledger.RecordIssued(ctx, m); err != nil {
+	created := func(tx *storage.Tx, r *delegation.Record) error {
+		if !h.audit {
+			return nil
+		}
+		d := map[string]any{"jti": r.ID, "delegator": r.Delegator, "delegate": r.Delegate, "scopes": r.Scopes,
+			"expires_at": r.ExpiresAt.Format(time.RFC3339)}
+		if r.MaxTasks != nil {
+			d["max_tasks"] = *r.MaxTasks
+		}
+		if r.ParentID != "" {
+			d["parent_id"] = r.ParentID
+		}
+		_, err := h.store.audit.Append(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
+		return err
+	}
+	if _, err := h.store.ledger.RecordIssued(ctx, m, created); err != nil {
 		return nil, fmt.Errorf("recording the token: %w", err)
 	}
 	return m, nil
@@ -64,6 +81,15 @@ func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
 }
 
 func (s delegationService) Revoke(ctx context.Context, id string) error {
-	_, err := s.h.store.ledger.Revoke(ctx, id, time.Now())
+	h := s.h
+	revoked := func(tx *storage.Tx, ids []string) error {
+		if !h.audit {
+			return nil
+		}
+		_, err := h.store.audit.Append(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
+			Details: map[string]any{"jti": id, "revoked": ids}})
+		return err
+	}
+	_, err := h.store.ledger.Revoke(ctx, id, time.Now(), revoked)
 	return err
 }

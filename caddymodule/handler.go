@@ -40,13 +40,17 @@ type Handler struct {
 	store      *Store
 	durability storage.Durability
 	metering   bool
+	audit      bool
 	limits     protocol.Limits
 
 	actions      map[protocol.PayloadType]string
 	signKey      ed25519.PrivateKey
 	verifier     *delegation.Verifier
 	verifierOnce sync.Once
-	rejected     atomic.Uint64
+
+	auditKeysOnce sync.Once
+	auditKeys     *auditKeys
+	rejected      atomic.Uint64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,6 +71,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.durability, _ = storage.ParseDurability(h.Durability)
 	h.metering = h.Metering != config.MeteringOff
+	h.audit = h.Audit != config.MeteringOff
 	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
 	if err := h.setupDelegation(); err != nil {
 		return err
@@ -143,7 +148,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if out.noAnswer {
 		releaseUnanswered(grants)
 	}
-	recs := h.account(req, grants, out, elapsed)
+	recs := h.account(req, grants, out, started, elapsed)
 	if len(recs) > 0 {
 		pending := h.persist(db, recs)
 		if h.durability == storage.Strict {

@@ -73,7 +73,8 @@ func (p *PublicAPI) Validate() error {
 
 func isAPIPath(p string) bool {
 	return p == "/usage" || strings.HasPrefix(p, "/usage/") ||
-		p == "/asap/delegations" || strings.HasPrefix(p, "/asap/delegations/")
+		p == "/asap/delegations" || strings.HasPrefix(p, "/asap/delegations/") ||
+		p == "/audit" || strings.HasPrefix(p, "/audit/")
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -102,9 +103,12 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		}
 		return err
 	}
-	if strings.HasPrefix(r.URL.Path, "/usage") {
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/usage"):
 		api.Usage(w, r, r.URL.Path, h.usageStore())
-	} else {
+	case strings.HasPrefix(r.URL.Path, "/audit"):
+		api.Audit(w, r, r.URL.Path, auditService{h})
+	default:
 		api.Delegations(w, r, r.URL.Path, delegationService{h})
 	}
 	return nil

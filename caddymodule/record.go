@@ -6,30 +6,34 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
-// callRecord is what the sidecar writes for one forwarded call.
+// callRecord is what the sidecar writes for one forwarded call, all in the
+// task's one transaction.
 type callRecord struct {
 	agent  string
 	failed bool
-	// count says whether the outcome counters move (metering on).
-	count bool
 	// reservation is the call's delegation slots, persisted with the task.
 	reservation *delegation.Reservation
-	// event is the usage event; nil when the agent never answered
-	// (unreachable, timed out, cut off), which is not usage.
+	// event is the usage event (metering on); nil when the agent never
+	// answered (unreachable, timed out, cut off), which is not usage.
 	event *metering.Event
 	// dedup is the envelope id: a retry of it is not metered twice.
 	dedup string
+	// trail is the call's audit entries (audit on): task.started and
+	// task.completed or task.failed; usage.recorded is added once the
+	// event is known to be new.
+	trail []audit.Record
 }
 
 // account builds one record per forwarded call of req that has anything
-// to write: metering's event and counters, or the delegation counts.
-func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, elapsed time.Duration) []callRecord {
+// to write: usage and counters, audit entries, or delegation counts.
+func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, started time.Time, elapsed time.Duration) []callRecord {
 	now := time.Now().UTC()
 	recs := make([]callRecord, 0, len(req.Calls))
 	for i, c := range req.Calls {
@@ -37,11 +41,11 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, el
 			continue
 		}
 		g := grants[i]
-		if !h.metering && (g.reservation == nil || out.noAnswer) {
+		if !h.metering && !h.audit && (g.reservation == nil || out.noAnswer) {
 			continue
 		}
 		env := &c.Envelope
-		rec := callRecord{agent: h.Agent, dedup: env.ID, count: h.metering}
+		rec := callRecord{agent: h.Agent, dedup: env.ID}
 		if !out.noAnswer {
 			rec.reservation = g.reservation
 		}
@@ -50,6 +54,26 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, el
 		}
 		rep, answered := replyFor(req, c.ID, out.replies)
 		rec.failed = out.failAll || (answered && rep.Failed())
+		status := rep.Status
+		switch {
+		case status != "":
+		case rec.failed:
+			status = protocol.StatusFailed
+		default:
+			status = protocol.StatusCompleted
+		}
+		taskID := rep.TaskID
+		if taskID == "" {
+			// Calls that are not tasks (and agents that name none) are
+			// recorded under their envelope id.
+			taskID = env.ID
+		}
+		if taskID == "" {
+			taskID = "anon_" + ulid.Make().String()
+		}
+		if h.audit {
+			rec.trail = h.taskTrail(env, g, rec, out, rep, taskID, status, started, elapsed)
+		}
 		if out.noAnswer || !h.metering {
 			recs = append(recs, rec)
 			continue
@@ -60,7 +84,7 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, el
 				zap.String("agent", rec.agent), zap.String("envelope_id", env.ID), zap.Strings("values", m.Problems))
 		}
 		ev := &metering.Event{
-			TaskID:      rep.TaskID,
+			TaskID:      taskID,
 			AgentID:     rec.agent,
 			ConsumerID:  env.Sender,
 			TokensIn:    m.TokensIn,
@@ -68,7 +92,7 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, el
 			APICalls:    m.APICalls,
 			DurationMS:  elapsed.Milliseconds(),
 			Timestamp:   now,
-			Status:      rep.Status,
+			Status:      status,
 			PayloadType: env.Type().String(),
 			EnvelopeID:  env.ID,
 		}
@@ -76,56 +100,113 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, el
 			ev.DelegationID = g.chain.Leaf().Claims.ID
 			ev.RootIssuer = g.chain.Root().Claims.Issuer
 		}
-		switch {
-		case ev.Status != "":
-		case rec.failed:
-			ev.Status = protocol.StatusFailed
-		default:
-			ev.Status = protocol.StatusCompleted
-		}
-		if ev.TaskID == "" {
-			// Calls that are not tasks (and agents that name none) are
-			// metered under their envelope id.
-			ev.TaskID = env.ID
-		}
-		if ev.TaskID == "" {
-			ev.TaskID = "anon_" + ulid.Make().String()
-		}
 		rec.event = ev
 		recs = append(recs, rec)
 	}
 	return recs
 }
 
-// persist hands the records to the commit pipeline. Counters always move;
-// with metering off no event is kept. Prometheus sees an event once its
-// write is done, and a deduplicated retry never.
+// taskTrail is a call's task.started and task.completed/task.failed
+// entries. The acting agent (agent_urn) is the sender, as in the
+// reference; the protected agent is in the details.
+func (h *Handler) taskTrail(env *protocol.Envelope, g grant, rec callRecord, out outcome, rep protocol.Reply,
+	taskID, status string, started time.Time, elapsed time.Duration) []audit.Record {
+	base := map[string]any{
+		"task_id":      taskID,
+		"envelope_id":  env.ID,
+		"agent":        rec.agent,
+		"consumer":     env.Sender,
+		"payload_type": env.Type().String(),
+	}
+	if g.chain != nil {
+		base["delegation_id"] = g.chain.Leaf().Claims.ID
+		base["root_issuer"] = g.chain.Root().Claims.Issuer
+	}
+	startedDetails := clone(base)
+	startedDetails["started_at"] = started.UTC().Format(time.RFC3339Nano)
+	finished := clone(base)
+	finished["status"] = status
+	finished["http_status"] = out.httpCode
+	finished["duration_ms"] = elapsed.Milliseconds()
+	op := audit.OpTaskCompleted
+	if rec.failed {
+		op = audit.OpTaskFailed
+		if out.noAnswer {
+			finished["http_status"] = out.status
+			finished["reason"] = "agent did not answer"
+		}
+		if rep.ErrorCode != 0 {
+			finished["error_code"] = rep.ErrorCode
+		}
+	}
+	return []audit.Record{
+		{Operation: audit.OpTaskStarted, AgentURN: env.Sender, Details: startedDetails},
+		{Operation: op, AgentURN: env.Sender, Details: finished},
+	}
+}
+
+func usageRecord(e *metering.Event) audit.Record {
+	d := map[string]any{
+		"envelope_id": e.EnvelopeID, "task_id": e.TaskID, "agent": e.AgentID, "consumer": e.ConsumerID,
+		"tokens_in": e.TokensIn, "tokens_out": e.TokensOut, "api_calls": e.APICalls, "duration_ms": e.DurationMS,
+	}
+	if e.DelegationID != "" {
+		d["delegation_id"] = e.DelegationID
+		d["root_issuer"] = e.RootIssuer
+	}
+	return audit.Record{Operation: audit.OpUsageRecorded, AgentURN: e.ConsumerID, Details: d}
+}
+
+func clone(m map[string]any) map[string]any {
+	c := make(map[string]any, len(m)+4)
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// persist hands the records to the commit pipeline: delegation counts,
+// outcome counters, usage events and audit entries go in one transaction.
+// Prometheus sees an event once its write is done, and a deduplicated
+// retry never.
 func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 	meter := metering.New(db, h.Retention.Std())
+	log := h.store.audit
 	recorded := make([]bool, len(recs))
 	now := time.Now()
 	write := func(tx *storage.Tx) error {
 		clear(recorded) // the pipeline may run this more than once
+		var trail []audit.Record
 		for i := range recs {
-			if res := recs[i].reservation; res != nil {
-				if err := res.Stage(tx, now); err != nil {
+			r := &recs[i]
+			if r.reservation != nil {
+				if err := r.reservation.Stage(tx, now); err != nil {
 					return err
 				}
 			}
-			if !recs[i].count {
+			trail = append(trail, r.trail...)
+			if !h.metering {
 				continue
 			}
-			if err := metering.CountOutcome(tx, recs[i].agent, recs[i].failed); err != nil {
+			if err := metering.CountOutcome(tx, r.agent, r.failed); err != nil {
 				return err
 			}
-			if recs[i].event == nil {
+			if r.event == nil {
 				continue
 			}
-			ok, err := meter.Put(tx, recs[i].event, recs[i].dedup)
+			ok, err := meter.Put(tx, r.event, r.dedup)
 			if err != nil {
 				return err
 			}
 			recorded[i] = ok
+			if ok && h.audit {
+				trail = append(trail, usageRecord(r.event))
+			}
+		}
+		if len(trail) > 0 {
+			if _, err := log.Append(tx, now, trail...); err != nil {
+				return err
+			}
 		}
 		return nil
 	}

@@ -26,9 +26,11 @@ const (
 	DefaultInspectLimit  = 4 << 20
 	DefaultHealthEvery   = 10 * time.Second
 	DefaultMinSamples    = 20
+	// DefaultCheckpointEvery is how often a grown audit log is signed.
+	DefaultCheckpointEvery = time.Minute
 )
 
-// Metering switches.
+// On/off switches (metering, audit).
 const (
 	MeteringOn  = "on"
 	MeteringOff = "off"
@@ -70,9 +72,14 @@ type Options struct {
 	Storage string `json:"storage,omitempty"`
 	// Durability is strict or relaxed.
 	Durability string `json:"durability,omitempty"`
-	// Metering is on (default) or off. Off skips every per-task write:
-	// no usage events and no task counters.
+	// Metering is on (default) or off: off keeps no usage events and no
+	// task counters.
 	Metering string `json:"metering,omitempty"`
+	// Audit is on (default) or off: off appends no audit entries.
+	Audit string `json:"audit,omitempty"`
+	// CheckpointInterval is how often the audit log's checkpoint is
+	// signed (when it grew).
+	CheckpointInterval Duration `json:"checkpoint_interval,omitempty"`
 	// FlushInterval is how often relaxed writes reach disk.
 	FlushInterval Duration `json:"flush_interval,omitempty"`
 	// Retention is how long usage records are kept.
@@ -126,6 +133,10 @@ func (o *Options) ApplyDefaults() {
 	if o.Metering == "" {
 		o.Metering = MeteringOn
 	}
+	if o.Audit == "" {
+		o.Audit = MeteringOn
+	}
+	setDur(&o.CheckpointInterval, DefaultCheckpointEvery)
 	setDur(&o.FlushInterval, DefaultFlushInterval)
 	setDur(&o.Retention, DefaultRetention)
 	if o.ClockSkew == nil {
@@ -214,6 +225,12 @@ func (o *Options) Validate() error {
 	}
 	if o.Metering != MeteringOn && o.Metering != MeteringOff {
 		bad("metering", "%q is not a switch; use on or off", o.Metering)
+	}
+	if o.Audit != MeteringOn && o.Audit != MeteringOff {
+		bad("audit", "%q is not a switch; use on or off", o.Audit)
+	}
+	if o.CheckpointInterval.Std() < time.Second || o.CheckpointInterval.Std() > 24*time.Hour {
+		bad("checkpoint_interval", "%s is outside 1s..24h", o.CheckpointInterval.Std())
 	}
 	if o.FlushInterval.Std() < time.Millisecond || o.FlushInterval.Std() > time.Minute {
 		bad("flush_interval", "%s is outside 1ms..1m", o.FlushInterval.Std())

@@ -87,7 +87,8 @@ func (l *Ledger) IsRevoked(jti string) (time.Time, bool) {
 // Revoke revokes jti (any id, minted here or not) and, among the tokens
 // minted here, every descendant. It returns the ids it revoked. The
 // revocation is durable before it returns and applies to the next request.
-func (l *Ledger) Revoke(ctx context.Context, jti string, now time.Time) ([]string, error) {
+// also runs inside the same transaction (the caller's audit entry).
+func (l *Ledger) Revoke(ctx context.Context, jti string, now time.Time, also ...func(tx *storage.Tx, ids []string) error) ([]string, error) {
 	if jti == "" || len(jti) > 256 {
 		return nil, errors.New("a token id is 1..256 characters")
 	}
@@ -126,6 +127,11 @@ func (l *Ledger) Revoke(ctx context.Context, jti string, now time.Time) ([]strin
 					return err
 				}
 				tx.SetWithTTL(issuedKey(id), b, recordTTL(r, now))
+			}
+		}
+		for _, fn := range also {
+			if err := fn(tx, ids); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -316,8 +322,8 @@ func recordTTL(r *Record, now time.Time) time.Duration {
 }
 
 // RecordIssued stores a minted token's record (kept until a week after it
-// expires).
-func (l *Ledger) RecordIssued(ctx context.Context, m *Minted) (*Record, error) {
+// expires); also runs inside the same transaction.
+func (l *Ledger) RecordIssued(ctx context.Context, m *Minted, also ...func(tx *storage.Tx, r *Record) error) (*Record, error) {
 	c := &m.Claims
 	r := &Record{
 		ID: c.ID, Delegator: c.Issuer, Delegate: string(c.Audience),
@@ -334,6 +340,11 @@ func (l *Ledger) RecordIssued(ctx context.Context, m *Minted) (*Record, error) {
 	}
 	err = l.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error {
 		tx.SetWithTTL(issuedKey(r.ID), b, recordTTL(r, time.Now()))
+		for _, fn := range also {
+			if err := fn(tx, r); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	return r, err

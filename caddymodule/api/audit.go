@@ -1,0 +1,231 @@
+package api
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
+)
+
+// AuditService is what the Audit API needs from the sidecar.
+type AuditService interface {
+	Log() *audit.Log
+	// Checkpoint returns a signed checkpoint covering the current size,
+	// signing a new one when the log grew.
+	Checkpoint(ctx context.Context) ([]byte, error)
+	// Verifier checks the sidecar's checkpoint signatures (nil: none).
+	Verifier() note.Verifier
+}
+
+// Audit serves /audit and its sub-paths. The log is append-only: no route
+// changes or deletes an entry, so every method but GET is refused.
+func Audit(w http.ResponseWriter, r *http.Request, path string, svc AuditService) {
+	if r.Method != http.MethodGet {
+		methodNotAllowed(w, http.MethodGet)
+		return
+	}
+	sub := strings.TrimPrefix(strings.TrimSuffix(path, "/"), "/audit")
+	switch sub {
+	case "":
+		auditList(w, r, svc.Log())
+	case "/verify":
+		v, err := svc.Log().Verify(svc.Verifier())
+		if err != nil {
+			Error(w, http.StatusInternalServerError, "verifying: %v", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	case "/export":
+		auditExport(w, r, svc.Log())
+	case "/checkpoint":
+		cp, err := svc.Checkpoint(r.Context())
+		if err != nil {
+			Error(w, http.StatusServiceUnavailable, "no checkpoint: %v", err)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write(cp)
+	case "/proof/inclusion":
+		inclusionProof(w, r, svc.Log())
+	case "/proof/consistency":
+		consistencyProof(w, r, svc.Log())
+	default:
+		id := strings.TrimPrefix(sub, "/")
+		if id == "" || strings.Contains(id, "/") || len(id) > 64 {
+			Error(w, http.StatusNotFound, "Not Found")
+			return
+		}
+		e, err := svc.Log().Get(id)
+		if err != nil {
+			Error(w, http.StatusInternalServerError, "reading %s: %v", id, err)
+			return
+		}
+		if e == nil {
+			Error(w, http.StatusNotFound, "Audit entry not found")
+			return
+		}
+		writeJSON(w, http.StatusOK, e)
+	}
+}
+
+func auditFilter(q *query) audit.Filter {
+	return audit.Filter{
+		AgentURN:  q.str("urn"),
+		TaskID:    q.str("task_id"),
+		Operation: q.str("operation"),
+		Start:     q.time("start"),
+		End:       q.time("end"),
+	}
+}
+
+func auditList(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+	q := &query{v: r.URL.Query()}
+	f := auditFilter(q)
+	limit := q.int("limit", 100, 0, 1000)
+	offset := q.int("offset", 0, 0, 1<<30)
+	if q.err != nil {
+		Error(w, http.StatusBadRequest, "%v", q.err)
+		return
+	}
+	entries, err := log.Query(f, limit, offset)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading the audit log: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries)})
+}
+
+// auditExport streams the matching entries: json ({"entries": [...]}),
+// jsonl (one entry a line) or csv.
+func auditExport(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+	q := &query{v: r.URL.Query()}
+	f := auditFilter(q)
+	limit := q.int("limit", 1<<30, 1, 1<<30)
+	format := q.str("format")
+	if format == "" {
+		format = "json"
+	}
+	if q.err == nil && format != "json" && format != "jsonl" && format != "csv" {
+		q.err = errors.New("format must be json, jsonl or csv")
+	}
+	if q.err != nil {
+		Error(w, http.StatusBadRequest, "%v", q.err)
+		return
+	}
+	entries, err := log.Query(f, limit, 0)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading the audit log: %v", err)
+		return
+	}
+	w.Header().Set("Content-Disposition", "attachment; filename=audit_export."+format)
+	switch format {
+	case "json":
+		writeJSON(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries)})
+	case "jsonl":
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		bw := bufio.NewWriter(w)
+		enc := json.NewEncoder(bw)
+		for i := range entries {
+			_ = enc.Encode(&entries[i])
+		}
+		_ = bw.Flush()
+	case "csv":
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		_ = WriteAuditCSV(w, entries)
+	}
+}
+
+// WriteAuditCSV writes entries as CSV with a header row; details stay the
+// canonical JSON the hash covers.
+func WriteAuditCSV(w interface{ Write([]byte) (int, error) }, entries []audit.Entry) error {
+	cw := csv.NewWriter(w)
+	if err := cw.Write([]string{"id", "seq", "timestamp", "operation", "agent_urn", "details", "prev_hash", "hash"}); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := cw.Write([]string{e.ID, strconv.FormatUint(e.Seq, 10), e.Timestamp, e.Operation, e.AgentURN,
+			string(e.Details), e.PrevHash, e.Hash}); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+func sizeParam(q *query, name string, log *audit.Log) uint64 {
+	if q.str(name) == "" {
+		size, _, err := log.Size()
+		if err != nil && q.err == nil {
+			q.err = err
+		}
+		return size
+	}
+	return uint64(q.int(name, 0, 0, 1<<62))
+}
+
+func encodeHashes(hs [][]byte) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = base64.StdEncoding.EncodeToString(h)
+	}
+	return out
+}
+
+func proofError(w http.ResponseWriter, err error) {
+	if errors.Is(err, audit.ErrBadRequest) {
+		Error(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	Error(w, http.StatusInternalServerError, "building the proof: %v", err)
+}
+
+func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+	q := &query{v: r.URL.Query()}
+	if q.str("seq") == "" {
+		Error(w, http.StatusBadRequest, "seq is required")
+		return
+	}
+	seq := uint64(q.int("seq", 0, 0, 1<<62))
+	size := sizeParam(q, "size", log)
+	if q.err != nil {
+		Error(w, http.StatusBadRequest, "%v", q.err)
+		return
+	}
+	leaf, hashes, err := log.InclusionProof(seq, size)
+	if err != nil {
+		proofError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"seq": seq, "size": size, "leaf_hash": base64.StdEncoding.EncodeToString(leaf), "hashes": encodeHashes(hashes),
+	})
+}
+
+func consistencyProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+	q := &query{v: r.URL.Query()}
+	if q.str("old") == "" {
+		Error(w, http.StatusBadRequest, "old is required")
+		return
+	}
+	old := uint64(q.int("old", 0, 0, 1<<62))
+	size := sizeParam(q, "new", log)
+	if q.err != nil {
+		Error(w, http.StatusBadRequest, "%v", q.err)
+		return
+	}
+	hashes, err := log.ConsistencyProof(old, size)
+	if err != nil {
+		proofError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"old": old, "new": size, "hashes": encodeHashes(hashes)})
+}
