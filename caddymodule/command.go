@@ -24,7 +24,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (keys, delegations, usage export, version)",
+		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, version)",
 		Long: `
 Commands for operating the ASAP sidecar. They talk to a running sidecar
 through its admin API (--address, default: from --config, else
@@ -33,7 +33,7 @@ directly.
 
 Run 'asap-caddy asap <command> --help' for a command's flags.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(versionCommand(), usageCommand(), keygenCommand(), delegationCommand())
+			cmd.AddCommand(versionCommand(), usageCommand(), keygenCommand(), delegationCommand(), auditCommand())
 		},
 	})
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -348,4 +351,64 @@ func callWithToken(url, id, token string) (bool, error) {
 		return false, fmt.Errorf("%s", b)
 	}
 	return true, nil
+}
+
+func TestAuditCommands(t *testing.T) {
+	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	for i := 0; i < 4; i++ {
+		if ok, err := call(s.url, fmt.Sprintf("01JAUDITCLI%015d", i), "echo", `{}`); !ok {
+			t.Fatal(err)
+		}
+	}
+	out, err := cli(t, "asap", "audit", "verify", "--address", s.admin)
+	if err != nil || !strings.Contains(out, "valid: 12 entries") {
+		t.Fatalf("verify: %v: %s", err, out)
+	}
+	out, err = cli(t, "asap", "audit", "export", "--address", s.admin, "--format", "jsonl")
+	if err != nil || strings.Count(out, "\n") != 12 || !strings.Contains(out, `"operation":"usage.recorded"`) {
+		t.Fatalf("export: %v: %s", err, out)
+	}
+	var st struct {
+		Agents []struct {
+			AuditKey string `json:"audit_key"`
+		} `json:"agents"`
+	}
+	resp, err := http.Get("http://" + s.admin + "/asap/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if _, err := http.Get("http://" + s.admin + "/asap/audit/checkpoint"); err != nil {
+		t.Fatal(err)
+	}
+	s.stop(syscall.SIGTERM)
+
+	out, err = cli(t, "asap", "audit", "verify", "--db", s.dir, "--vkey", st.Agents[0].AuditKey)
+	if err != nil || !strings.Contains(out, "valid: 12 entries, 1 checkpoints checked") {
+		t.Fatalf("verify --db: %v: %s", err, out)
+	}
+	// Edit one entry's details behind the sidecar's back.
+	bdb, err := badger.Open(badger.DefaultOptions(s.dir).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := append([]byte("ae\x00"), 0, 0, 0, 0, 0, 0, 0, 5)
+	err = bdb.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(key)
+		if err != nil {
+			return err
+		}
+		v, _ := item.ValueCopy(nil)
+		v = bytes.Replace(v, []byte(`"consumer":"urn:asap:agent:client"`), []byte(`"consumer":"urn:asap:agent:someone-else"`), 1)
+		return txn.Set(key, v)
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = cli(t, "asap", "audit", "verify", "--db", s.dir)
+	if err == nil || !strings.Contains(out, "BROKEN at seq 5") {
+		t.Fatalf("verify of a tampered log: %v: %s", err, out)
+	}
 }
