@@ -36,6 +36,9 @@ func (AdminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
 		{Pattern: "/asap/usage", Handler: caddy.AdminHandlerFunc(serveUsage)},
 		{Pattern: "/asap/usage/", Handler: caddy.AdminHandlerFunc(serveUsage)},
+		{Pattern: "/asap/sla", Handler: caddy.AdminHandlerFunc(serveSLA)},
+		{Pattern: "/asap/sla/", Handler: caddy.AdminHandlerFunc(serveSLA)},
+		{Pattern: "/asap/agents/", Handler: caddy.AdminHandlerFunc(serveSLA)},
 		{Pattern: "/asap/audit", Handler: caddy.AdminHandlerFunc(serveAudit)},
 		{Pattern: "/asap/audit/", Handler: caddy.AdminHandlerFunc(serveAudit)},
 		{Pattern: "/asap/delegations", Handler: caddy.AdminHandlerFunc(serveDelegations)},
@@ -64,6 +67,20 @@ func serveUsage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), h.usageStore())
+	return nil
+}
+
+// serveSLA serves the SLA API of the running config.
+func serveSLA(w http.ResponseWriter, r *http.Request) error {
+	app, err := runningApp()
+	if err != nil {
+		return err
+	}
+	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+	if err != nil {
+		return err
+	}
+	api.SLA(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), slaService{app, h})
 	return nil
 }
 

@@ -90,6 +90,8 @@ type shared struct {
 	ledger *delegation.Ledger
 	// audit is the database's audit log.
 	audit *audit.Log
+	// slas are the SLA trackers of the agents using the database.
+	slas trackers
 	// agentKey signs when a handler configures no key: generated once
 	// and kept beside the database.
 	agentKey ed25519.PrivateKey
@@ -150,8 +152,9 @@ func (a *App) register(h *Handler) {
 
 type openDB struct{ *shared }
 
-// Destruct closes the database once the last config using it is gone.
-func (o openDB) Destruct() error { return o.db.Close() }
+// Destruct closes the database once the last config using it is gone,
+// after the SLA trackers have stored what they hold.
+func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Close()) }
 
 // openShared opens dir's database and what goes with it.
 func openShared(dir string, flush time.Duration, logger *zap.Logger) (*shared, error) {
@@ -226,12 +229,20 @@ func (a *App) Start() error {
 	return nil
 }
 
-// startLoops starts one checkpoint signer per database, run by the first
-// handler that audits it under an agent name.
+// startLoops starts each named agent's SLA loop (health checks, manifest)
+// and one checkpoint signer per database, run by the first handler that
+// audits it under an agent name.
 func (a *App) startLoops() {
 	a.stopLoops = make(chan struct{})
 	seen := map[*Store]bool{}
 	for _, h := range a.handlers {
+		if h.Agent != "" {
+			a.loops.Add(1)
+			go func(h *Handler) {
+				defer a.loops.Done()
+				h.slaLoop(a.stopLoops)
+			}(h)
+		}
 		if seen[h.store] || !h.audit || h.Agent == "" {
 			continue
 		}

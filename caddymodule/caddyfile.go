@@ -46,6 +46,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			support_hours   <text>
 //			health_interval <duration>
 //			min_samples     <n>
+//			health_url      <url>
+//			window          <duration>
 //		}
 //		alert webhook   <url>
 //		max_body        <size>
@@ -161,6 +163,10 @@ func parseSLA(d *caddyfile.Dispenser, s *config.SLA) error {
 			err = durArg(d, &s.HealthInterval)
 		case "min_samples":
 			err = intArg(d, &s.MinSamples)
+		case "health_url":
+			err = oneArg(d, &s.HealthURL)
+		case "window":
+			err = durArg(d, &s.Window)
 		default:
 			return d.Errf("unknown asap sla option %q", opt)
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -50,7 +51,12 @@ type Handler struct {
 
 	auditKeysOnce sync.Once
 	auditKeys     *auditKeys
-	rejected      atomic.Uint64
+
+	upstream    atomic.Pointer[upstream]
+	manifestSLA atomic.Pointer[sla.Definition]
+	trackerRef  atomic.Pointer[sla.Tracker]
+	trackerMu   sync.Mutex
+	rejected    atomic.Uint64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -98,6 +104,7 @@ const storeWait = 10 * time.Second
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.capture(next, r)
 	if !inspects(r) {
 		if isUpgrade(r) && h.Delegation != config.DelegationOff {
 			if rej := h.authorizeUpgrade(r); rej != nil {
@@ -148,6 +155,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if out.noAnswer {
 		releaseUnanswered(grants)
 	}
+	h.observe(req, out, elapsed)
 	recs := h.account(req, grants, out, started, elapsed)
 	if len(recs) > 0 {
 		pending := h.persist(db, recs)

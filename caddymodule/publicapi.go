@@ -74,7 +74,8 @@ func (p *PublicAPI) Validate() error {
 func isAPIPath(p string) bool {
 	return p == "/usage" || strings.HasPrefix(p, "/usage/") ||
 		p == "/asap/delegations" || strings.HasPrefix(p, "/asap/delegations/") ||
-		p == "/audit" || strings.HasPrefix(p, "/audit/")
+		p == "/audit" || strings.HasPrefix(p, "/audit/") ||
+		p == "/sla" || strings.HasPrefix(p, "/sla/") || strings.HasPrefix(p, "/agents/")
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -108,6 +109,8 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		api.Usage(w, r, r.URL.Path, h.usageStore())
 	case strings.HasPrefix(r.URL.Path, "/audit"):
 		api.Audit(w, r, r.URL.Path, auditService{h})
+	case strings.HasPrefix(r.URL.Path, "/sla"), strings.HasPrefix(r.URL.Path, "/agents/"):
+		api.SLA(w, r, r.URL.Path, slaService{p.app, h})
 	default:
 		api.Delegations(w, r, r.URL.Path, delegationService{h})
 	}

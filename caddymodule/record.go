@@ -52,8 +52,8 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 		if rec.agent == "" {
 			rec.agent = env.Recipient
 		}
-		rep, answered := replyFor(req, c.ID, out.replies)
-		rec.failed = out.failAll || (answered && rep.Failed())
+		rep, _ := replyFor(req, c.ID, out.replies)
+		rec.failed = callFailed(req, c, out)
 		status := rep.Status
 		switch {
 		case status != "":
@@ -104,6 +104,14 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 		recs = append(recs, rec)
 	}
 	return recs
+}
+
+// callFailed reports whether a forwarded call failed: the agent was not
+// reached or answered 5xx or garbage, or its answer is a JSON-RPC error or
+// a failed task.
+func callFailed(req *protocol.Request, c protocol.Call, out outcome) bool {
+	rep, answered := replyFor(req, c.ID, out.replies)
+	return out.failAll || (answered && rep.Failed())
 }
 
 // taskTrail is a call's task.started and task.completed/task.failed

@@ -112,6 +112,11 @@ type SLA struct {
 	SupportHours   string   `json:"support_hours,omitempty"`
 	HealthInterval Duration `json:"health_interval,omitempty"`
 	MinSamples     int      `json:"min_samples,omitempty"`
+	// HealthURL is checked instead of the agent's health endpoint reached
+	// through the upstream.
+	HealthURL string `json:"health_url,omitempty"`
+	// Window is the rolling window breaches are judged on (default 1h).
+	Window Duration `json:"window,omitempty"`
 }
 
 // Alert is one alert sink.
@@ -278,6 +283,14 @@ func (s *SLA) validate() []error {
 	}
 	if s.MinSamples < 1 || s.MinSamples > 1_000_000 {
 		bad("min_samples", "%d is outside 1..1000000", s.MinSamples)
+	}
+	if s.HealthURL != "" {
+		if u, err := url.Parse(s.HealthURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("health_url", "%q is not an http(s) URL", s.HealthURL)
+		}
+	}
+	if s.Window != 0 && (s.Window.Std() < time.Minute || s.Window.Std() > 6*time.Hour || s.Window.Std()%time.Minute != 0) {
+		bad("window", "%s must be whole minutes within 1m..6h", s.Window.Std())
 	}
 	return errs
 }

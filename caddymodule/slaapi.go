@@ -1,0 +1,97 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
+)
+
+// slaService backs the SLA API with the running config's trackers and the
+// database of the handler the request is about.
+type slaService struct {
+	app *App
+	h   *Handler
+}
+
+func (s slaService) Trackers() map[string]*sla.Tracker {
+	out := map[string]*sla.Tracker{}
+	for _, h := range s.app.handlerList() {
+		if h.store != s.h.store {
+			continue
+		}
+		if t := h.slaTracker(); t != nil {
+			out[h.Agent] = t
+		}
+	}
+	return out
+}
+
+func (s slaService) Breaches(f sla.BreachFilter) ([]sla.Breach, error) {
+	return sla.Breaches(s.h.store.db, f)
+}
+
+func (s slaService) History(agent string, start, end time.Time, limit, offset int) ([]sla.Metrics, int, error) {
+	return sla.History(s.h.store.db, agent, start, end, limit, offset)
+}
+
+func (s slaService) Subscribe() (<-chan api.Notice, func()) {
+	in, cancel := hub.subscribe()
+	out := make(chan api.Notice, cap(in))
+	go func() {
+		defer close(out)
+		for n := range in {
+			b, err := json.Marshal(n)
+			if err != nil {
+				continue
+			}
+			select {
+			case out <- api.Notice{Method: n.Method, JSON: b}:
+			default: // the reader is too slow: drop
+			}
+		}
+	}()
+	return out, cancel
+}
+
+// slaCollector exports the SLIs of every live tracker at scrape time, so
+// the gauges never lag and survive reloads with the trackers.
+type slaCollector struct{}
+
+var (
+	slaP95Desc    = prometheus.NewDesc("asap_sla_latency_p95_ms", "p95 of task durations over the window, in ms.", []string{"agent", "window"}, nil)
+	slaErrorDesc  = prometheus.NewDesc("asap_sla_error_rate_percent", "Failed share of tasks over the window.", []string{"agent", "window"}, nil)
+	slaUptimeDesc = prometheus.NewDesc("asap_sla_uptime_percent", "Share of successful health checks over the window.", []string{"agent", "window"}, nil)
+	slaOpenDesc   = prometheus.NewDesc("asap_sla_open_breaches", "SLA breaches open now.", []string{"agent", "type", "severity"}, nil)
+)
+
+func (slaCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- slaP95Desc
+	ch <- slaErrorDesc
+	ch <- slaUptimeDesc
+	ch <- slaOpenDesc
+}
+
+func (slaCollector) Collect(ch chan<- prometheus.Metric) {
+	liveTrackers.Range(func(_, v any) bool {
+		t := v.(*sla.Tracker)
+		agent := t.Config().Agent
+		for _, name := range []string{"1h", "24h"} {
+			m, _ := t.Window(api.Windows[name])
+			ch <- prometheus.MustNewConstMetric(slaP95Desc, prometheus.GaugeValue, float64(m.LatencyP95MS), agent, name)
+			ch <- prometheus.MustNewConstMetric(slaErrorDesc, prometheus.GaugeValue, m.ErrorRatePercent, agent, name)
+			ch <- prometheus.MustNewConstMetric(slaUptimeDesc, prometheus.GaugeValue, m.UptimePercent, agent, name)
+		}
+		counts := map[[2]string]int{}
+		for _, b := range t.OpenBreaches() {
+			counts[[2]string{b.BreachType, b.Severity}]++
+		}
+		for k, n := range counts {
+			ch <- prometheus.MustNewConstMetric(slaOpenDesc, prometheus.GaugeValue, float64(n), agent, k[0], k[1])
+		}
+		return true
+	})
+}
