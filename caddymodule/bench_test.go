@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
 )
@@ -145,4 +147,80 @@ func BenchmarkRequestOverhead(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 		})
 	}
+}
+
+// BenchmarkRequestWithStuckWebhook measures the request path while the
+// webhook sender is stuck on a receiver that never answers and its queue
+// is full, against the same path with nothing queued, in the same run:
+// alerts must never slow requests.
+//
+//	go test -run '^$' -bench StuckWebhook ./caddymodule
+func BenchmarkRequestWithStuckWebhook(b *testing.B) {
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	hang := make(chan struct{})
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang }))
+	defer receiver.Close()
+	defer close(hang)
+	ports := []int{freePort(b), freePort(b), freePort(b)}
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	log {
+		level ERROR
+	}
+}
+:%d {
+	bind 127.0.0.1
+	asap_demo_agent
+}
+:%d {
+	bind 127.0.0.1
+	asap {
+		agent urn:asap:agent:demo
+		storage %s
+		delegation off
+		alert webhook %s
+	}
+	reverse_proxy 127.0.0.1:%d
+}
+`, ports[0], ports[1], ports[2], b.TempDir(), receiver.URL, ports[1])
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := caddy.Load(adapted, true); err != nil {
+		b.Fatal(err)
+	}
+	defer caddy.Stop()
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	url := fmt.Sprintf("http://127.0.0.1:%d/asap", ports[2])
+	run := func(b *testing.B) {
+		var seq atomic.Uint64
+		b.SetParallelism(4)
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				id := fmt.Sprintf("01JHOOKB%018d", seq.Add(1))
+				resp, err := c.Post(url, "application/json", strings.NewReader(rpc("b", envelope(id, "echo", `{}`))))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	}
+	b.Run("no-alerts-queued", run)
+	n := Notification{JSONRPC: "2.0", Method: "sla.breach"}
+	for i := 0; i < webhookQueueMax+10; i++ {
+		webhooks.enqueue(zap.NewNop(), []string{receiver.URL}, n)
+	}
+	b.Run("receiver-stuck-queue-full", run)
+	webhooks.mu.Lock()
+	webhooks.queue = nil
+	webhooks.mu.Unlock()
 }
