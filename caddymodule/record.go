@@ -26,9 +26,10 @@ type callRecord struct {
 	// dedup is the envelope id: a retry of it is not metered twice.
 	dedup string
 	// trail is the call's audit entries (audit on): task.started and
-	// task.completed or task.failed; usage.recorded is added once the
-	// event is known to be new.
+	// task.completed or task.failed; usage is added once the event is
+	// known to be new.
 	trail []audit.Record
+	usage *audit.Record
 }
 
 // account builds one record per forwarded call of req that has anything
@@ -101,6 +102,10 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 			ev.RootIssuer = g.chain.Root().Claims.Issuer
 		}
 		rec.event = ev
+		if h.audit {
+			u := usageRecord(ev)
+			rec.usage = &u
+		}
 		recs = append(recs, rec)
 	}
 	return recs
@@ -147,10 +152,14 @@ func (h *Handler) taskTrail(env *protocol.Envelope, g grant, rec callRecord, out
 			finished["error_code"] = rep.ErrorCode
 		}
 	}
-	return []audit.Record{
+	trail := []audit.Record{
 		{Operation: audit.OpTaskStarted, AgentURN: env.Sender, Details: startedDetails},
 		{Operation: op, AgentURN: env.Sender, Details: finished},
 	}
+	for i := range trail {
+		_ = trail[i].Prepare() // maps of strings and numbers always marshal
+	}
+	return trail
 }
 
 func usageRecord(e *metering.Event) audit.Record {
@@ -162,7 +171,9 @@ func usageRecord(e *metering.Event) audit.Record {
 		d["delegation_id"] = e.DelegationID
 		d["root_issuer"] = e.RootIssuer
 	}
-	return audit.Record{Operation: audit.OpUsageRecorded, AgentURN: e.ConsumerID, Details: d}
+	r := audit.Record{Operation: audit.OpUsageRecorded, AgentURN: e.ConsumerID, Details: d}
+	_ = r.Prepare()
+	return r
 }
 
 func clone(m map[string]any) map[string]any {
@@ -207,8 +218,8 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 				return err
 			}
 			recorded[i] = ok
-			if ok && h.audit {
-				trail = append(trail, usageRecord(r.event))
+			if ok && r.usage != nil {
+				trail = append(trail, *r.usage)
 			}
 		}
 		if len(trail) > 0 {

@@ -50,6 +50,30 @@ type Record struct {
 	Operation string
 	AgentURN  string
 	Details   map[string]any
+
+	canonical []byte // Details in RFC 8785 form, once prepared
+}
+
+// Prepare computes the record's canonical details ahead of Append, so the
+// work happens on the caller's goroutine rather than inside the shared
+// commit. Append prepares records that were not.
+func (r *Record) Prepare() error {
+	if r.canonical != nil {
+		return nil
+	}
+	if r.Details == nil {
+		r.Details = map[string]any{}
+	}
+	raw, err := json.Marshal(r.Details)
+	if err != nil {
+		return fmt.Errorf("audit: details of %s: %w", r.Operation, err)
+	}
+	canon, err := Canonical(raw)
+	if err != nil {
+		return fmt.Errorf("audit: canonicalising details of %s: %w", r.Operation, err)
+	}
+	r.canonical = canon
+	return nil
 }
 
 // Canonical is the RFC 8785 (JCS) form of a JSON value.

@@ -117,17 +117,10 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	visit := func(id compact.NodeID, hash []byte) { tx.Set(nodeKey(id), hash) }
 	out := make([]Entry, 0, len(recs))
 	for _, rec := range recs {
-		if rec.Details == nil {
-			rec.Details = map[string]any{}
+		if err := rec.Prepare(); err != nil {
+			return nil, err
 		}
-		raw, err := json.Marshal(rec.Details)
-		if err != nil {
-			return nil, fmt.Errorf("audit: details of %s: %w", rec.Operation, err)
-		}
-		canon, err := Canonical(raw)
-		if err != nil {
-			return nil, fmt.Errorf("audit: canonicalising details of %s: %w", rec.Operation, err)
-		}
+		canon := rec.canonical
 		e := Entry{
 			ID:        ulid.Make().String(),
 			Seq:       h.Size,
