@@ -263,24 +263,28 @@ func (t *Tracker) Window(window time.Duration) (Metrics, *Bucket) {
 
 func (t *Tracker) windowLocked(now time.Time, window time.Duration) (Metrics, *Bucket) {
 	sum := NewBucket()
+	t.eachBucket(now, window, func(b *Bucket) { _ = sum.Merge(b) })
+	return metricsOf(t.agent, now.Add(-window), now, sum), sum
+}
+
+// eachBucket visits the buckets of the window ending now: minutes for
+// windows up to 6h, hours beyond (t.mu held).
+func (t *Tracker) eachBucket(now time.Time, window time.Duration, fn func(*Bucket)) {
 	if window <= keepMinutes*time.Minute {
 		last := minuteOf(now)
-		n := int64(window / time.Minute)
-		for m := last - n + 1; m <= last; m++ {
+		for m := last - int64(window/time.Minute) + 1; m <= last; m++ {
 			if b := t.minutes[m]; b != nil {
-				_ = sum.Merge(b)
+				fn(b)
 			}
 		}
-	} else {
-		last := hourOf(now)
-		n := int64(window / time.Hour)
-		for h := last - n + 1; h <= last; h++ {
-			if b := t.hours[h]; b != nil {
-				_ = sum.Merge(b)
-			}
+		return
+	}
+	last := hourOf(now)
+	for h := last - int64(window/time.Hour) + 1; h <= last; h++ {
+		if b := t.hours[h]; b != nil {
+			fn(b)
 		}
 	}
-	return metricsOf(t.agent, now.Add(-window), now, sum), sum
 }
 
 // Metrics are an agent's SLIs over a period, in the reference's
@@ -366,13 +370,15 @@ func (t *Tracker) burnConditions(now time.Time) []condition {
 		return nil
 	}
 	budget := *d.MaxErrorRate / 100
+	// Counts only: merging sketches here would hold the lock that
+	// Observe (the request path) needs.
 	rate := func(w time.Duration) (float64, uint64) {
-		_, b := t.windowLocked(now, w)
-		total := b.Completed + b.Failed
+		var failed, total uint64
+		t.eachBucket(now, w, func(b *Bucket) { failed += b.Failed; total += b.Failed + b.Completed })
 		if total == 0 {
 			return 0, 0
 		}
-		return float64(b.Failed) / float64(total), total
+		return float64(failed) / float64(total), total
 	}
 	var out []condition
 	for _, bw := range BurnWindows {
