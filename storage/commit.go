@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -98,6 +99,25 @@ func (tx *Tx) put(o op) {
 	tx.ops = append(tx.ops, o)
 }
 
+// maxKeySize is Badger's limit on keys.
+const maxKeySize = 65000
+
+// check refuses writes Badger would refuse: empty keys, keys over its size
+// limit, and keys in Badger's own namespace.
+func (tx *Tx) check() error {
+	for _, o := range tx.ops {
+		switch {
+		case len(o.key) == 0:
+			return errors.New("storage: empty key")
+		case len(o.key) > maxKeySize:
+			return fmt.Errorf("storage: key of %d bytes is over the limit of %d", len(o.key), maxKeySize)
+		case bytes.HasPrefix(o.key, []byte("!badger!")):
+			return errors.New("storage: key in Badger's reserved namespace")
+		}
+	}
+	return nil
+}
+
 func (tx *Tx) applyTo(txn *badger.Txn) error {
 	for _, o := range tx.ops {
 		var err error
@@ -192,6 +212,12 @@ func (db *DB) commitGroup(batch []*pending) {
 		}
 		if int64(tx.size) > maxSize || int64(len(tx.ops)) > maxCount {
 			p.finish(fmt.Errorf("storage: one write of %d bytes in %d keys exceeds the transaction limit", tx.size, len(tx.ops)))
+			continue
+		}
+		if err := tx.check(); err != nil {
+			// Refused before staging, so it cannot fail the writers
+			// already in the transaction.
+			p.finish(err)
 			continue
 		}
 		if size+int64(tx.size) > maxSize || count+int64(len(tx.ops)) > maxCount {

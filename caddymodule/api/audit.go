@@ -161,15 +161,14 @@ func WriteAuditCSV(w interface{ Write([]byte) (int, error) }, entries []audit.En
 	return cw.Error()
 }
 
-func sizeParam(q *query, name string, log *audit.Log) uint64 {
+// sizeParam reads a tree size parameter, defaulting to the log's size.
+// A failure to read that size is the server's, not the caller's.
+func sizeParam(q *query, name string, log *audit.Log) (uint64, error) {
 	if q.str(name) == "" {
 		size, _, err := log.Size()
-		if err != nil && q.err == nil {
-			q.err = err
-		}
-		return size
+		return size, err
 	}
-	return uint64(q.int(name, 0, 0, 1<<62))
+	return uint64(q.int(name, 0, 0, 1<<62)), nil
 }
 
 func encodeHashes(hs [][]byte) []string {
@@ -195,7 +194,11 @@ func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
 		return
 	}
 	seq := uint64(q.int("seq", 0, 0, 1<<62))
-	size := sizeParam(q, "size", log)
+	size, err := sizeParam(q, "size", log)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading the log size: %v", err)
+		return
+	}
 	if q.err != nil {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
@@ -217,7 +220,11 @@ func consistencyProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
 		return
 	}
 	old := uint64(q.int("old", 0, 0, 1<<62))
-	size := sizeParam(q, "new", log)
+	size, err := sizeParam(q, "new", log)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading the log size: %v", err)
+		return
+	}
 	if q.err != nil {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return

@@ -1,10 +1,14 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -51,11 +55,8 @@ func (l *Log) Checkpoint(ctx context.Context, s note.Signer) ([]byte, error) {
 	}
 	if latest, lsize, err := l.LatestCheckpoint(); err != nil {
 		return nil, err
-	} else if latest != nil && lsize == size {
-		var c log.Checkpoint
-		if _, err := c.Unmarshal(openText(latest)); err == nil && c.Origin == s.Name() {
-			return latest, nil
-		}
+	} else if latest != nil && lsize == size && signedBy(latest, s) {
+		return latest, nil
 	}
 	body := log.Checkpoint{Origin: s.Name(), Size: size, Hash: root}.Marshal()
 	signed, err := note.Sign(&note.Note{Text: string(body)}, s)
@@ -67,6 +68,26 @@ func (l *Log) Checkpoint(ctx context.Context, s note.Signer) ([]byte, error) {
 		return nil
 	})
 	return signed, err
+}
+
+// signedBy reports whether a signed note carries a signature of s (its
+// name and key hash; a new key under the same name needs a new note).
+func signedBy(signed []byte, s note.Signer) bool {
+	_, sigs, ok := bytes.Cut(signed, []byte("\n\n"))
+	if !ok {
+		return false
+	}
+	for _, line := range strings.Split(string(sigs), "\n") {
+		rest, ok := strings.CutPrefix(line, "— "+s.Name()+" ")
+		if !ok {
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(rest)
+		if err == nil && len(raw) >= 4 && binary.BigEndian.Uint32(raw) == s.KeyHash() {
+			return true
+		}
+	}
+	return false
 }
 
 // openText is the text part of a signed note (before the blank line).

@@ -47,10 +47,7 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 
 	var verdict *Verdict
 	err = l.db.View(func(r *storage.Reader) error {
-		h, err := readHead(r.Get)
-		if err != nil {
-			return err
-		}
+		h, headErr := readHead(r.Get)
 		rng := factory.NewEmptyRange(0)
 		var next uint64
 		prev := ""
@@ -131,8 +128,18 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 		if err != nil || verdict != nil {
 			return err
 		}
-		if next != h.Size || prev != h.Hash {
+		if headErr != nil {
+			res := bad(&out, next, "the log's head is unreadable: %v", headErr)
+			verdict = &res
+			return nil
+		}
+		if next != h.Size {
 			res := bad(&out, next, "the log holds %d entries but its head says %d", next, h.Size)
+			verdict = &res
+			return nil
+		}
+		if prev != h.Hash {
+			res := bad(&out, next, "the head's last hash is not entry %d's", int64(next)-1)
 			verdict = &res
 			return nil
 		}
@@ -143,7 +150,9 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 		}
 		headRoot, err := rootOf(h)
 		if err != nil {
-			return err
+			res := bad(&out, next, "the head's tree range is unreadable: %v", err)
+			verdict = &res
+			return nil
 		}
 		computed, _ := rng.GetRootHash(nil)
 		if h.Size == 0 {
