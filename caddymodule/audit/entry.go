@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"github.com/gowebpki/jcs"
 )
 
 // Operations.
@@ -64,21 +62,12 @@ func (r *Record) Prepare() error {
 	if r.Details == nil {
 		r.Details = map[string]any{}
 	}
-	raw, err := json.Marshal(r.Details)
+	canon, err := canonicalDetails(r.Details)
 	if err != nil {
 		return fmt.Errorf("audit: details of %s: %w", r.Operation, err)
 	}
-	canon, err := Canonical(raw)
-	if err != nil {
-		return fmt.Errorf("audit: canonicalising details of %s: %w", r.Operation, err)
-	}
 	r.canonical = canon
 	return nil
-}
-
-// Canonical is the RFC 8785 (JCS) form of a JSON value.
-func Canonical(raw json.RawMessage) ([]byte, error) {
-	return jcs.Transform(raw)
 }
 
 // ChainHash is the entry hash of SPEC §6: hex SHA-256 of

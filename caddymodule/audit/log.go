@@ -20,7 +20,7 @@ import (
 //
 //	a e\0<seq>              entry
 //	a d\0<id>               id → seq
-//	a i\0<kind><value>\0<seq>   index by agent (u), task id (t), operation (o)
+//	a i\0<kind><value>\0<seq>   index by agent (u) and task id (t)
 //	a n\0<level><index>     Merkle tree node (leaves are level 0)
 //	a h                     head: size, last hash and time, compact range
 //	a c\0<size>             signed checkpoint
@@ -60,9 +60,8 @@ func checkpointKey(size uint64) []byte { return storage.SpaceAudit.Key([]byte("c
 
 // Index kinds.
 const (
-	byAgent     = 'u'
-	byTask      = 't'
-	byOperation = 'o'
+	byAgent = 'u'
+	byTask  = 't'
 )
 
 func indexPrefix(kind byte, value string) []byte {
@@ -145,7 +144,6 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 		tx.Set(entryKey(e.Seq), b)
 		tx.Set(idKey(e.ID), seq)
 		tx.Set(append(indexPrefix(byAgent, e.AgentURN), seq...), nil)
-		tx.Set(append(indexPrefix(byOperation, e.Operation), seq...), nil)
 		if task, ok := rec.Details["task_id"].(string); ok && task != "" {
 			tx.Set(append(indexPrefix(byTask, task), seq...), nil)
 		}

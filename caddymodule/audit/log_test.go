@@ -954,9 +954,9 @@ func TestAppendRefusesBadDetailsAndWritesNothing(t *testing.T) {
 	}{
 		"channel":         {Record{Operation: OpTaskFailed, AgentURN: "urn:asap:agent:c", Details: map[string]any{"ch": make(chan int)}}, "audit: details of task.failed"},
 		"function":        {Record{Operation: OpTaskFailed, Details: map[string]any{"f": func() {}}}, "audit: details of task.failed"},
-		"number too big":  {Record{Operation: OpTaskFailed, Details: map[string]any{"n": json.Number("1e400")}}, "audit: canonicalising details of task.failed"},
+		"number too big":  {Record{Operation: OpTaskFailed, Details: map[string]any{"n": json.Number("1e400")}}, "audit: details of task.failed"},
 		"NaN":             {Record{Operation: OpTaskFailed, Details: map[string]any{"n": nanValue()}}, "audit: details of task.failed"},
-		"nested too deep": {Record{Operation: OpTaskFailed, Details: map[string]any{"d": deep(10001)}}, "audit: canonicalising details of task.failed"},
+		"nested too deep": {Record{Operation: OpTaskFailed, Details: map[string]any{"d": deep(10001)}}, "audit: details of task.failed"},
 	} {
 		_, err := commitAppend(t, db, l, time.Now(), good, c.rec)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -1160,7 +1160,7 @@ func TestPrepareErrors(t *testing.T) {
 		want    string
 	}{
 		{map[string]any{"c": make(chan int)}, "audit: details of sla.breach: json: unsupported type: chan int"},
-		{map[string]any{"n": json.Number("1e400")}, "audit: canonicalising details of sla.breach: "},
+		{map[string]any{"n": json.Number("1e400")}, "audit: details of sla.breach: "},
 	} {
 		r := Record{Operation: OpSLABreach, Details: c.details}
 		err := r.Prepare()
