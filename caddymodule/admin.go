@@ -34,15 +34,15 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
-		{Pattern: "/asap/usage", Handler: caddy.AdminHandlerFunc(serveUsage)},
-		{Pattern: "/asap/usage/", Handler: caddy.AdminHandlerFunc(serveUsage)},
-		{Pattern: "/asap/sla", Handler: caddy.AdminHandlerFunc(serveSLA)},
-		{Pattern: "/asap/sla/", Handler: caddy.AdminHandlerFunc(serveSLA)},
-		{Pattern: "/asap/agents/", Handler: caddy.AdminHandlerFunc(serveSLA)},
-		{Pattern: "/asap/audit", Handler: caddy.AdminHandlerFunc(serveAudit)},
-		{Pattern: "/asap/audit/", Handler: caddy.AdminHandlerFunc(serveAudit)},
-		{Pattern: "/asap/delegations", Handler: caddy.AdminHandlerFunc(serveDelegations)},
-		{Pattern: "/asap/delegations/", Handler: caddy.AdminHandlerFunc(serveDelegations)},
+		{Pattern: "/asap/usage", Handler: serveUsage},
+		{Pattern: "/asap/usage/", Handler: serveUsage},
+		{Pattern: "/asap/sla", Handler: serveSLA},
+		{Pattern: "/asap/sla/", Handler: serveSLA},
+		{Pattern: "/asap/agents/", Handler: serveSLA},
+		{Pattern: "/asap/audit", Handler: serveAudit},
+		{Pattern: "/asap/audit/", Handler: serveAudit},
+		{Pattern: "/asap/delegations", Handler: serveDelegations},
+		{Pattern: "/asap/delegations/", Handler: serveDelegations},
 	}
 }
 
@@ -56,61 +56,43 @@ func runningApp() (*App, error) {
 	return app.(*App), nil
 }
 
-// serveUsage serves the Usage API of the running config under /asap.
-func serveUsage(w http.ResponseWriter, r *http.Request) error {
-	app, err := runningApp()
-	if err != nil {
-		return err
+// apiRoute serves one operator API of the running config, for the
+// handler whose database the request is about (?storage=DIR when there
+// are several). The API sees the reference's path: /asap is cut off,
+// except for /asap/delegations, which keeps its name.
+func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler)) caddy.AdminHandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		app, err := runningApp()
+		if err != nil {
+			return err
+		}
+		h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+		if err != nil {
+			return err
+		}
+		path := r.URL.Path
+		if !strings.HasPrefix(path, "/asap/delegations") {
+			path = strings.TrimPrefix(path, "/asap")
+		}
+		serve(w, r, path, app, h)
+		return nil
 	}
-	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
-	if err != nil {
-		return err
-	}
-	api.Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), h.usageStore())
-	return nil
 }
 
-// serveSLA serves the SLA API of the running config.
-func serveSLA(w http.ResponseWriter, r *http.Request) error {
-	app, err := runningApp()
-	if err != nil {
-		return err
-	}
-	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
-	if err != nil {
-		return err
-	}
-	api.SLA(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), slaService{app, h})
-	return nil
-}
-
-// serveAudit serves the Audit API of the running config.
-func serveAudit(w http.ResponseWriter, r *http.Request) error {
-	app, err := runningApp()
-	if err != nil {
-		return err
-	}
-	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
-	if err != nil {
-		return err
-	}
-	api.Audit(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), auditService{h})
-	return nil
-}
-
-// serveDelegations serves the Delegation API of the running config.
-func serveDelegations(w http.ResponseWriter, r *http.Request) error {
-	app, err := runningApp()
-	if err != nil {
-		return err
-	}
-	h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
-	if err != nil {
-		return err
-	}
-	api.Delegations(w, r, r.URL.Path, delegationService{h})
-	return nil
-}
+var (
+	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
+		api.Usage(w, r, path, h.usageStore())
+	})
+	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler) {
+		api.SLA(w, r, path, slaService{app, h})
+	})
+	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
+		api.Audit(w, r, path, auditService{h})
+	})
+	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
+		api.Delegations(w, r, path, delegationService{h})
+	})
+)
 
 // Status is the answer of GET /asap/status.
 type Status struct {

@@ -191,22 +191,11 @@ func (l *Ledger) entry(link *Link) (*usage, error) {
 	if e, ok := l.used[jti]; ok {
 		return e, nil
 	}
-	var n uint64
-	err := l.db.View(func(r *storage.Reader) error {
-		b, err := r.Get(countKey(jti))
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		n, err = storage.DecodeUint64(b)
-		return err
-	})
+	n, err := l.storedCount(jti)
 	if err != nil {
 		return nil, err
 	}
-	e := &usage{count: int64(n), exp: int64(*link.Claims.Expiry)}
+	e := &usage{count: n, exp: int64(*link.Claims.Expiry)}
 	l.used[jti] = e
 	return e, nil
 }
@@ -282,6 +271,11 @@ func (l *Ledger) Used(jti string) (int64, error) {
 		return e.count, nil
 	}
 	l.mu.Unlock()
+	return l.storedCount(jti)
+}
+
+// storedCount is the persisted task count of jti (0 when none).
+func (l *Ledger) storedCount(jti string) (int64, error) {
 	var n uint64
 	err := l.db.View(func(r *storage.Reader) error {
 		b, err := r.Get(countKey(jti))
