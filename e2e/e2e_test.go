@@ -17,6 +17,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -202,7 +203,11 @@ func TestKill9KeepsEveryAnsweredRecord(t *testing.T) {
 		}
 	}
 	counts, err := metering.CountsOf(db, "urn:asap:agent:demo")
+	verdict, verr := audit.New(db).Verify(nil)
 	db.Close()
+	if verr != nil || !verdict.Valid || verdict.Size < 3*uint64(len(answered)) {
+		t.Fatalf("audit log after kill -9: %+v %v (want valid, ≥ %d entries)", verdict, verr, 3*len(answered))
+	}
 	if err != nil || missing > 0 || counts.Forwarded < uint64(len(answered)) {
 		t.Fatalf("%d of %d answered calls have no record after kill -9 (counts %+v, %v)", missing, len(answered), counts, err)
 	}
