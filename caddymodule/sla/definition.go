@@ -109,9 +109,13 @@ func parsePercent(s string) (float64, error) {
 	return v, nil
 }
 
-// pyFloat formats v as Python's str(float) does for ordinary values: the
-// shortest form, with at least one decimal ("1.0", "99.5").
+// pyFloat formats v as Python's str(float) does: the shortest form, with
+// at least one decimal ("1.0", "99.5"), and exponent form below 1e-4 or
+// from 1e16 ("1e-05").
 func pyFloat(v float64) string {
+	if a := math.Abs(v); a != 0 && (a < 1e-4 || a >= 1e16) {
+		return strconv.FormatFloat(v, 'e', -1, 64)
+	}
 	s := strconv.FormatFloat(v, 'f', -1, 64)
 	if !strings.ContainsAny(s, ".eE") {
 		s += ".0"

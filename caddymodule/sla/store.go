@@ -137,23 +137,22 @@ func (t *Tracker) flush(ctx context.Context) error {
 }
 
 // snapshotIfDue keeps the metrics of the period since the last snapshot,
-// for /sla/history.
-func (t *Tracker) snapshotIfDue() {
+// for /sla/history, once SnapshotEvery has passed.
+func (t *Tracker) snapshotIfDue() { t.snapshot(false) }
+
+// snapshot stores the samples gathered since the last snapshot (kept apart
+// as they arrive, so every sample is in exactly one period) and starts the
+// next period where this one ends.
+func (t *Tracker) snapshot(force bool) {
 	now := t.hooks.Now()
 	t.mu.Lock()
-	every := t.cfg.SnapshotEvery
 	since := t.lastSnap
-	if now.Sub(since) < every {
+	if !force && now.Sub(since) < t.cfg.SnapshotEvery {
 		t.mu.Unlock()
 		return
 	}
-	t.lastSnap = now
-	sum := NewBucket()
-	for m := minuteOf(since); m <= minuteOf(now); m++ {
-		if b := t.minutes[m]; b != nil {
-			_ = sum.Merge(b)
-		}
-	}
+	sum := t.period
+	t.period, t.lastSnap = NewBucket(), now
 	t.mu.Unlock()
 	if sum.Completed+sum.Failed+sum.HealthTotal == 0 {
 		return
@@ -166,13 +165,8 @@ func (t *Tracker) snapshotIfDue() {
 	})
 }
 
-// Snapshot forces a history snapshot now (used at shutdown and in tests).
-func (t *Tracker) Snapshot() {
-	t.mu.Lock()
-	t.lastSnap = t.lastSnap.Add(-t.cfg.SnapshotEvery)
-	t.mu.Unlock()
-	t.snapshotIfDue()
-}
+// Snapshot stores the current period now (at shutdown, and in tests).
+func (t *Tracker) Snapshot() { t.snapshot(true) }
 
 // BreachFilter narrows a breach query.
 type BreachFilter struct {

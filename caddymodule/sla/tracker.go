@@ -104,6 +104,7 @@ type Tracker struct {
 	dirty     map[int64]bool // minutes to persist (their hours too)
 	open      map[string]*Breach
 	lastSnap  time.Time
+	period    *Bucket // samples since lastSnap, for the next snapshot
 	evaluated time.Time
 
 	wake chan struct{}
@@ -121,7 +122,7 @@ func Open(db *storage.DB, cfg Config, hooks Hooks) (*Tracker, error) {
 	t := &Tracker{
 		db: db, hooks: hooks, cfg: cfg, agent: cfg.Agent,
 		minutes: map[int64]*Bucket{}, hours: map[int64]*Bucket{}, dirty: map[int64]bool{},
-		open: map[string]*Breach{},
+		open: map[string]*Breach{}, period: NewBucket(),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if err := t.load(); err != nil {
@@ -175,7 +176,7 @@ func (t *Tracker) Observe(d time.Duration, failed bool) {
 	ms := float64(d) / float64(time.Millisecond)
 	t.mu.Lock()
 	mb, hb := t.buckets(t.hooks.Now())
-	for _, b := range []*Bucket{mb, hb} {
+	for _, b := range []*Bucket{mb, hb, t.period} {
 		_ = b.Latency.Add(ms)
 		if failed {
 			b.Failed++
@@ -192,7 +193,7 @@ func (t *Tracker) Observe(d time.Duration, failed bool) {
 func (t *Tracker) Health(up bool) {
 	t.mu.Lock()
 	mb, hb := t.buckets(t.hooks.Now())
-	for _, b := range []*Bucket{mb, hb} {
+	for _, b := range []*Bucket{mb, hb, t.period} {
 		b.HealthTotal++
 		if up {
 			b.HealthUp++
@@ -218,6 +219,7 @@ func (t *Tracker) Close() error {
 	}
 	close(t.stop)
 	<-t.done
+	t.Snapshot()
 	return t.flush(context.Background())
 }
 
@@ -454,12 +456,16 @@ func (t *Tracker) evaluate() {
 	}
 }
 
+// canJudge reports whether the window holds enough samples (min_samples)
+// to say an SLI recovered. Burn-rate alerts close as soon as their windows
+// stop burning, traffic or not.
 func (t *Tracker) canJudge(key string, m Metrics) bool {
+	min := uint64(t.cfg.MinSamples)
 	switch key {
 	case TypeAvailability:
-		return m.HealthChecks > 0
+		return m.HealthChecks >= min
 	case TypeLatency, TypeErrorRate:
-		return m.TasksCompleted+m.TasksFailed > 0
+		return m.TasksCompleted+m.TasksFailed >= min
 	}
 	return true
 }
