@@ -35,7 +35,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	bind 127.0.0.1
 	asap {
 		agent urn:asap:agent:demo
-		storage $work/data
+		storage $work/data1
 		durability strict
 		delegation off
 	}
@@ -45,7 +45,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	bind 127.0.0.1
 	asap {
 		agent urn:asap:agent:demo
-		storage $work/data
+		storage $work/data2
 		durability strict
 		delegation require
 	}
@@ -55,7 +55,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	bind 127.0.0.1
 	asap {
 		agent urn:asap:agent:demo
-		storage $work/data
+		storage $work/data3
 		durability relaxed
 		delegation off
 	}
@@ -69,7 +69,7 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	bind 127.0.0.1
 	asap {
 		agent urn:asap:agent:demo
-		storage $work/data
+		storage $work/data4
 		metering off
 		delegation off
 	}
@@ -83,6 +83,8 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 
+# Each sidecar path has its own database, so one run's compactions do not
+# land on the next one's syncs.
 run() { # name port [connections]
 	local c=${3:-$conns} t=2
 	[ "$c" -lt 2 ] && t=1
@@ -98,7 +100,7 @@ echo "wrk: ${secs}s, $conns connections, echo task through each path"
 # Every run sends the same request bytes, token included; only the
 # all-features sidecar checks it.
 export ASAP_TOKEN
-ASAP_TOKEN=$("$work/asap-caddy" asap delegation create --address 127.0.0.1:12019 --delegate urn:asap:agent:client --expires-in 1h)
+ASAP_TOKEN=$("$work/asap-caddy" asap delegation create --address 127.0.0.1:12019 --storage "$work/data2" --delegate urn:asap:agent:client --expires-in 1h)
 run warmup 18082 >/dev/null
 run plain_reverse_proxy 18082
 run asap_metering_off 18083
@@ -113,4 +115,4 @@ run all_features_1conn 18084 1
 awk -v p="$(cat "$work/plain_reverse_proxy.rps")" -v s="$(cat "$work/asap_strict.rps")" -v r="$(cat "$work/asap_relaxed.rps")" -v o="$(cat "$work/asap_metering_off.rps")" \
 	-v a="$(cat "$work/asap_all_features.rps")" \
 	'BEGIN { printf "vs plain: metering-off %.2f  strict %.2f  relaxed %.2f  all features (token+strict) %.2f   vs metering-off: strict %.2f  relaxed %.2f\n", o/p, s/p, r/p, a/p, s/o, r/o }'
-curl -s localhost:12019/asap/status | tr -d '\n' | head -c 400; echo
+curl -s "localhost:12019/asap/status?storage=$work/data2" | tr -d '\n' | head -c 400; echo

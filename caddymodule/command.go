@@ -53,7 +53,8 @@ func versionCommand() *cobra.Command {
 
 func usageCommand() *cobra.Command {
 	usage := &cobra.Command{Use: "usage", Short: "Usage metering: export events"}
-	var format, agent, consumer, since, until, address, configFile, adapter, db, output string
+	var format, agent, consumer, since, until, db, output string
+	var af adminFlags
 	var limit int
 	export := &cobra.Command{
 		Use:   "export",
@@ -90,11 +91,7 @@ as 24h or 7d).`,
 			if db != "" {
 				return exportFromDB(out, db, f, format, limit)
 			}
-			addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, configFile, adapter)
-			if err != nil {
-				return fmt.Errorf("finding the admin API: %w", err)
-			}
-			return exportFromAdmin(out, addr, f, format, limit)
+			return exportFromAdmin(out, &af, f, format, limit)
 		},
 	}
 	fl := export.Flags()
@@ -104,9 +101,7 @@ as 24h or 7d).`,
 	fl.StringVar(&since, "since", "", "from this time (RFC 3339, date, or a duration back from now: 24h, 7d)")
 	fl.StringVar(&until, "until", "", "up to this time (same forms as --since)")
 	fl.IntVar(&limit, "limit", 100000, "at most this many events")
-	fl.StringVar(&address, "address", "", "admin API address of the running sidecar")
-	fl.StringVar(&configFile, "config", "", "config file, to find the admin address in")
-	fl.StringVar(&adapter, "adapter", "", "adapter of --config")
+	af.add(export)
 	fl.StringVar(&db, "db", "", "read this stopped sidecar's storage directory instead")
 	fl.StringVarP(&output, "output", "o", "", "write to this file instead of stdout")
 	usage.AddCommand(export)
@@ -144,7 +139,7 @@ func exportFromDB(out io.Writer, dir string, f metering.Filter, format string, l
 	return json.NewEncoder(out).Encode(map[string]any{"data": events})
 }
 
-func exportFromAdmin(out io.Writer, addr string, f metering.Filter, format string, limit int) error {
+func exportFromAdmin(out io.Writer, af *adminFlags, f metering.Filter, format string, limit int) error {
 	q := url.Values{"export_format": {format}, "limit": {strconv.Itoa(limit)}}
 	if f.AgentID != "" {
 		q.Set("agent_id", f.AgentID)
@@ -158,9 +153,9 @@ func exportFromAdmin(out io.Writer, addr string, f metering.Filter, format strin
 	if !f.End.IsZero() {
 		q.Set("end", f.End.Format(time.RFC3339Nano))
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, "/asap/usage/export?"+q.Encode(), nil, nil)
+	resp, err := af.request(http.MethodGet, "/asap/usage/export?"+q.Encode(), nil)
 	if err != nil {
-		return fmt.Errorf("asking the sidecar at %s: %w (is it running? for a stopped one use --db)", addr, err)
+		return fmt.Errorf("%w (is it running? for a stopped one use --db)", err)
 	}
 	defer resp.Body.Close()
 	_, err = io.Copy(out, resp.Body)

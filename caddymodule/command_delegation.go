@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,18 +93,26 @@ the sidecar with 'key', and the public key to verifiers with 'trust'.`,
 }
 
 // adminFlags are the flags commands use to reach a running sidecar.
-type adminFlags struct{ address, configFile, adapter string }
+type adminFlags struct{ address, configFile, adapter, storage string }
 
 func (a *adminFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&a.address, "address", "", "admin API address of the running sidecar")
 	cmd.Flags().StringVar(&a.configFile, "config", "", "config file, to find the admin address in")
 	cmd.Flags().StringVar(&a.adapter, "adapter", "", "adapter of --config")
+	cmd.Flags().StringVar(&a.storage, "storage", "", "storage directory of the asap block to ask, when the sidecar runs several")
 }
 
 func (a *adminFlags) request(method, uri string, body []byte) (*http.Response, error) {
 	addr, err := caddycmd.DetermineAdminAPIAddress(a.address, nil, a.configFile, a.adapter)
 	if err != nil {
 		return nil, fmt.Errorf("finding the admin API: %w", err)
+	}
+	if a.storage != "" {
+		sep := "?"
+		if strings.Contains(uri, "?") {
+			sep = "&"
+		}
+		uri += sep + "storage=" + url.QueryEscape(a.storage)
 	}
 	var rd io.Reader
 	if body != nil {

@@ -266,6 +266,16 @@ func TestUsageExportCommand(t *testing.T) {
 		!strings.Contains(lines[1], ",urn:asap:agent:demo,urn:asap:agent:client,4,2,") || !strings.HasSuffix(lines[1], "+00:00") {
 		t.Fatalf("csv export:\n%s", out)
 	}
+	// --storage picks the asap block; an unknown one is refused naming
+	// the configured directories.
+	out, err = cli(t, "asap", "usage", "export", "--format", "json", "--address", s.admin, "--storage", s.dir)
+	if err != nil || strings.Count(out, `"task_id"`) != 3 {
+		t.Fatalf("export --storage: %v: %s", err, out)
+	}
+	out, err = cli(t, "asap", "usage", "export", "--address", s.admin, "--storage", "/no/such/dir")
+	if err == nil || !strings.Contains(out, "name the database with ?storage=DIR") || !strings.Contains(out, s.dir) {
+		t.Fatalf("export --storage unknown: %v: %s", err, out)
+	}
 	// --db on a running sidecar's directory fails clearly.
 	out, err = cli(t, "asap", "usage", "export", "--db", s.dir)
 	if err == nil || !strings.Contains(out, "drop --db") {
