@@ -5,10 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 func openTest(t testing.TB, dir string) *DB {
@@ -508,4 +513,59 @@ func TestSubmitThenRunsOnceWithOutcome(t *testing.T) {
 		len(got["late"]) != 1 || !errors.Is(got["late"][0], ErrClosed) {
 		t.Fatalf("callbacks = %v", got)
 	}
+}
+
+// Databases written before block compression was turned off hold Snappy
+// tables; Badger records each table's compression in its manifest, so they
+// must still read back after an upgrade.
+func TestOpensDatabaseWithCompressedTables(t *testing.T) {
+	dir := t.TempDir()
+	old, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithCompression(options.Snappy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := bytes.Repeat([]byte("usage event "), 100)
+	err = old.Update(func(txn *badger.Txn) error {
+		for i := 0; i < 1000; i++ {
+			if err := txn.Set(SpaceUsage.KeyString(fmt.Sprint(i)), value); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = old.Flatten(1) // push the data into on-disk compressed tables
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if sst := sstBytes(t, dir); sst == 0 || sst > 1000*int64(len(value))/4 {
+		t.Fatalf("want the data in compressed tables; %d bytes of .sst", sst)
+	}
+	db := openTest(t, dir)
+	defer db.Close()
+	for _, i := range []int{0, 499, 999} {
+		got, err := get(t, db, SpaceUsage.KeyString(fmt.Sprint(i)))
+		if err != nil || !bytes.Equal(got, value) {
+			t.Fatalf("key %d after reopening: %v, %d bytes", i, err, len(got))
+		}
+	}
+}
+
+func sstBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.sst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil {
+			n += st.Size()
+		}
+	}
+	return n
 }
