@@ -161,14 +161,31 @@ func WriteAuditCSV(w interface{ Write([]byte) (int, error) }, entries []audit.En
 	return cw.Error()
 }
 
-// sizeParam reads a tree size parameter, defaulting to the log's size.
-// A failure to read that size is the server's, not the caller's.
-func sizeParam(q *query, name string, log *audit.Log) (uint64, error) {
-	if q.str(name) == "" {
-		size, _, err := log.Size()
-		return size, err
+// proofParams reads a proof's two positions: from (required) and the tree
+// size (defaulting to the log's size). It answers the error itself and
+// reports whether the caller goes on; failing to read the log's size is
+// the server's fault, not the caller's.
+func proofParams(w http.ResponseWriter, r *http.Request, log *audit.Log, fromName, sizeName string) (from, size uint64, ok bool) {
+	q := &query{v: r.URL.Query()}
+	if q.str(fromName) == "" {
+		Error(w, http.StatusBadRequest, "%s is required", fromName)
+		return 0, 0, false
 	}
-	return uint64(q.int(name, 0, 0, 1<<62)), nil
+	from = uint64(q.int(fromName, 0, 0, 1<<62))
+	if q.str(sizeName) == "" {
+		var err error
+		if size, _, err = log.Size(); err != nil {
+			Error(w, http.StatusInternalServerError, "reading the log size: %v", err)
+			return 0, 0, false
+		}
+	} else {
+		size = uint64(q.int(sizeName, 0, 0, 1<<62))
+	}
+	if q.err != nil {
+		Error(w, http.StatusBadRequest, "%v", q.err)
+		return 0, 0, false
+	}
+	return from, size, true
 }
 
 func encodeHashes(hs [][]byte) []string {
@@ -188,19 +205,8 @@ func proofError(w http.ResponseWriter, err error) {
 }
 
 func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
-	q := &query{v: r.URL.Query()}
-	if q.str("seq") == "" {
-		Error(w, http.StatusBadRequest, "seq is required")
-		return
-	}
-	seq := uint64(q.int("seq", 0, 0, 1<<62))
-	size, err := sizeParam(q, "size", log)
-	if err != nil {
-		Error(w, http.StatusInternalServerError, "reading the log size: %v", err)
-		return
-	}
-	if q.err != nil {
-		Error(w, http.StatusBadRequest, "%v", q.err)
+	seq, size, ok := proofParams(w, r, log, "seq", "size")
+	if !ok {
 		return
 	}
 	leaf, hashes, err := log.InclusionProof(seq, size)
@@ -214,19 +220,8 @@ func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
 }
 
 func consistencyProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
-	q := &query{v: r.URL.Query()}
-	if q.str("old") == "" {
-		Error(w, http.StatusBadRequest, "old is required")
-		return
-	}
-	old := uint64(q.int("old", 0, 0, 1<<62))
-	size, err := sizeParam(q, "new", log)
-	if err != nil {
-		Error(w, http.StatusInternalServerError, "reading the log size: %v", err)
-		return
-	}
-	if q.err != nil {
-		Error(w, http.StatusBadRequest, "%v", q.err)
+	old, size, ok := proofParams(w, r, log, "old", "new")
+	if !ok {
 		return
 	}
 	hashes, err := log.ConsistencyProof(old, size)

@@ -215,20 +215,7 @@ func (l *Ledger) prune(now int64) {
 }
 
 // Release gives the slots back: the agent never answered.
-func (r *Reservation) Release() {
-	if r == nil || r.done {
-		return
-	}
-	r.done = true
-	r.l.mu.Lock()
-	defer r.l.mu.Unlock()
-	for _, jti := range r.jtis {
-		if e, ok := r.l.used[jti]; ok {
-			e.count--
-			e.inflight--
-		}
-	}
-}
+func (r *Reservation) Release() { r.end(true) }
 
 // Stage writes the task into every link's persisted count, inside the
 // task's own transaction. It may run more than once (the pipeline can
@@ -249,7 +236,10 @@ func (r *Reservation) Stage(tx *storage.Tx, now time.Time) error {
 }
 
 // Finish marks the task as no longer in flight once its write is done.
-func (r *Reservation) Finish() {
+func (r *Reservation) Finish() { r.end(false) }
+
+// end takes the task out of flight, once; giveBack also returns its slot.
+func (r *Reservation) end(giveBack bool) {
 	if r == nil || r.done {
 		return
 	}
@@ -258,6 +248,9 @@ func (r *Reservation) Finish() {
 	defer r.l.mu.Unlock()
 	for _, jti := range r.jtis {
 		if e, ok := r.l.used[jti]; ok {
+			if giveBack {
+				e.count--
+			}
 			e.inflight--
 		}
 	}
