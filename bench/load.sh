@@ -5,25 +5,10 @@
 set -euo pipefail
 secs=${1:-10}
 conns=${2:-64}
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+agent_port=19000
+. "$(dirname "$0")/common.sh"
+start_agent
 
-command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-go build -o "$work/asap-caddy" "$root/cmd/asap-caddy"
-
-cat > "$work/agent.Caddyfile" <<CF
-{
-	admin off
-	log {
-		level ERROR
-	}
-}
-:19000 {
-	bind 127.0.0.1
-	asap_demo_agent
-}
-CF
 cat > "$work/sidecar.Caddyfile" <<CF
 {
 	admin 127.0.0.1:12019
@@ -76,12 +61,8 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	reverse_proxy 127.0.0.1:19000
 }
 CF
-"$work/asap-caddy" run --config "$work/agent.Caddyfile" >"$work/agent.log" 2>&1 &
 "$work/asap-caddy" run --config "$work/sidecar.Caddyfile" >"$work/sidecar.log" 2>&1 &
-for _ in $(seq 100); do
-	curl -sf localhost:12019/asap/status >/dev/null && curl -sf localhost:19000/.well-known/asap/health >/dev/null && break
-	sleep 0.1
-done
+wait_up localhost:12019
 
 # Each sidecar path has its own database, so one run's compactions do not
 # land on the next one's syncs.

@@ -7,25 +7,10 @@
 set -euo pipefail
 secs=${1:-600}
 conns=${2:-64}
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+agent_port=19100
+. "$(dirname "$0")/common.sh"
+start_agent
 
-command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-go build -o "$work/asap-caddy" "$root/cmd/asap-caddy"
-
-cat > "$work/agent.Caddyfile" <<CF
-{
-	admin off
-	log {
-		level ERROR
-	}
-}
-:19100 {
-	bind 127.0.0.1
-	asap_demo_agent
-}
-CF
 cat > "$work/sidecar.Caddyfile" <<CF
 {
 	admin 127.0.0.1:12119
@@ -44,13 +29,9 @@ cat > "$work/sidecar.Caddyfile" <<CF
 	reverse_proxy 127.0.0.1:19100
 }
 CF
-"$work/asap-caddy" run --config "$work/agent.Caddyfile" >"$work/agent.log" 2>&1 &
 "$work/asap-caddy" run --config "$work/sidecar.Caddyfile" >"$work/sidecar.log" 2>&1 &
 pid=$!
-for _ in $(seq 100); do
-	curl -sf localhost:12119/asap/status >/dev/null && curl -sf localhost:19100/.well-known/asap/health >/dev/null && break
-	sleep 0.1
-done
+wait_up localhost:12119
 export ASAP_TOKEN
 ASAP_TOKEN=$("$work/asap-caddy" asap delegation create --address 127.0.0.1:12119 --delegate urn:asap:agent:client --expires-in 1h)
 wrk -t2 -c"$conns" -d"${secs}s" -s "$root/bench/task.lua" http://127.0.0.1:18180 > "$work/wrk.txt" &
