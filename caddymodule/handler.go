@@ -105,14 +105,24 @@ const storeWait = 10 * time.Second
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.capture(next, r)
-	if !inspects(r) {
-		if isUpgrade(r) && h.Delegation != config.DelegationOff {
+	switch classify(r) {
+	case passThrough:
+		return next.ServeHTTP(w, r)
+	case webSocket:
+		if h.Delegation != config.DelegationOff {
 			if rej := h.authorizeUpgrade(r); rej != nil {
 				return h.reject(w, http.StatusForbidden, delegationError(rej).JSON())
 			}
 		}
 		return next.ServeHTTP(w, r)
+	case wrongMethod:
+		w.Header().Set("Allow", http.MethodPost)
+		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",
+			fmt.Sprintf("%s is not served on %s; send JSON-RPC with POST (or open a WebSocket with GET /asap/ws)", truncateASCII(r.Method, 16), r.URL.Path)).JSON())
 	}
+	// A checked POST must not turn into a tunnel: an agent answering 101
+	// would have reverse_proxy pass raw, unchecked bytes to it.
+	r.Header.Del("Upgrade")
 	if r.ContentLength > int64(h.MaxBody) {
 		// Refuse before reading a byte of it.
 		return h.rejectTooLarge(w)
@@ -200,17 +210,66 @@ func serveNext(next caddyhttp.Handler, cw *capture, r *http.Request) (err error)
 	return next.ServeHTTP(cw, r)
 }
 
-// inspects reports whether r is an ASAP call the handler checks. Everything
-// else (discovery, health, WebSocket upgrades, other paths) passes through.
-func inspects(r *http.Request) bool {
-	if r.Method != http.MethodPost {
-		return false
+// What the handler does with a request.
+const (
+	passThrough = iota // not an ASAP path: discovery, health, other routes
+	inspect            // a POST on an ASAP path: the full pipeline
+	webSocket          // a real WebSocket handshake on an ASAP path
+	wrongMethod        // anything else on an ASAP path: 405
+)
+
+// classify decides by path first, then by what the request really is:
+// headers alone never take a request out of the pipeline (SPEC §2a).
+func classify(r *http.Request) int {
+	switch strings.TrimSuffix(path.Clean("/"+r.URL.Path), "/") {
+	case "/asap", "/asap/stream", "/asap/ws":
+	default:
+		return passThrough
 	}
-	if isUpgrade(r) {
-		return false
+	switch {
+	case isWebSocketHandshake(r):
+		return webSocket
+	case r.Method == http.MethodPost:
+		return inspect
+	default:
+		return wrongMethod
 	}
-	p := strings.TrimSuffix(path.Clean("/"+r.URL.Path), "/")
-	return p == "/asap" || p == "/asap/stream"
+}
+
+// isWebSocketHandshake reports whether r opens a WebSocket: an HTTP/1.1
+// GET whose Connection tokens include "upgrade" and whose Upgrade is
+// "websocket", or an HTTP/2+ extended CONNECT with :protocol websocket.
+func isWebSocketHandshake(r *http.Request) bool {
+	if r.ProtoMajor >= 2 {
+		return r.Method == http.MethodConnect && strings.EqualFold(r.Header.Get(":protocol"), "websocket")
+	}
+	return r.Method == http.MethodGet &&
+		headerHasToken(r.Header, "Connection", "upgrade") &&
+		strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket")
+}
+
+// headerHasToken reports whether any of the comma-separated tokens of the
+// header's values equals token, case-insensitively.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// truncateASCII shortens s for an error message, keeping it printable.
+func truncateASCII(s string, n int) string {
+	b := make([]byte, 0, n)
+	for i := 0; i < len(s) && len(b) < n; i++ {
+		if c := s[i]; c > ' ' && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 // rejectTooLarge answers 413 and closes the connection, so that the server
@@ -218,10 +277,6 @@ func inspects(r *http.Request) bool {
 func (h *Handler) rejectTooLarge(w http.ResponseWriter) error {
 	w.Header().Set("Connection", "close")
 	return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
-}
-
-func isUpgrade(r *http.Request) bool {
-	return strings.Contains(strings.ToLower(r.Header.Get("Connection")), "upgrade")
 }
 
 func (h *Handler) tooLarge() []byte {
