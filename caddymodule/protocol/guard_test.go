@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -438,5 +439,34 @@ func TestReplyKeyAndBadTaskID(t *testing.T) {
 		"data: {\"payload_type\":\"task.stream\",\"payload\":{\"task_id\":\"ok\"}}\n\n"))
 	if len(sse) != 2 || sse[0].TaskID != "" || !sse[0].BadTaskID || !sse[0].Final || sse[1].TaskID != "ok" || sse[1].BadTaskID {
 		t.Fatalf("sse = %+v", sse)
+	}
+}
+
+func TestValidJSONMatchesEncodingJSON(t *testing.T) {
+	for _, s := range []string{
+		`{}`, `[]`, `""`, `0`, `-0`, `1.5e+3`, `true`, `false`, `null`, ` {"a" : [1 , {"b":null}] } `,
+		`{"a":"\"\\\/\b\f\n\r\t\u00e9\uD83D\uDE00"}`, "\"\x7f\"", `"é"`,
+		``, ` `, `{`, `}`, `[1,]`, `{"a":1,}`, `{,}`, `[,1]`, `{"a"}`, `{"a":}`, `{1:2}`, `{'a':1}`,
+		`01`, `-`, `1.`, `.5`, `1e`, `1e+`, `+1`, `1-2`, `1.2.3`, `0x1`, `NaN`, `Infinity`, `tru`, `nul`, `truex`, `true false`,
+		"\"a\x00\"", "\"\t\"", `"\x41"`, `"\u12"`, `"\u12G4"`, `"\'"`, `"abc`, `"\`, `[1 2]`, `{"a":1 "b":2}`, `[]]`, `{}}`, `[[]`, "\ufeff{}",
+	} {
+		if got, want := validJSON([]byte(s)), json.Valid([]byte(s)); got != want {
+			t.Errorf("validJSON(%q) = %v, json.Valid %v", s, got, want)
+		}
+	}
+}
+
+func TestValidURNMatchesPattern(t *testing.T) {
+	pattern := regexp.MustCompile(`^urn:asap:agent:[a-z0-9-]+(:[a-z0-9-]+)?$`)
+	for _, s := range []string{
+		"urn:asap:agent:a", "urn:asap:agent:a-b:c-9", "urn:asap:agent:", "urn:asap:agent::x", "urn:asap:agent:a:",
+		"urn:asap:agent:a:b:c", "urn:asap:agent:A", "urn:asap:agent:a\n", "urn:asap:agent:a b", "urn:asap:agent:é",
+		"URN:asap:agent:a", "urn:asap:agents:a", "xurn:asap:agent:a", "urn:asap:agent:_", "urn:asap:agent:-",
+		"urn:asap:agent:" + strings.Repeat("a", 241), "urn:asap:agent:" + strings.Repeat("a", 242),
+	} {
+		want := len(s) <= MaxURNLength && pattern.MatchString(s)
+		if ValidURN(s) != want {
+			t.Errorf("ValidURN(%q) = %v", s, !want)
+		}
 	}
 }

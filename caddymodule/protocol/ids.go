@@ -32,6 +32,9 @@ func IDKey(raw json.RawMessage) (key string, ok bool) {
 	raw = bytes.Trim(raw, " \t\r\n")
 	switch kind(raw) {
 	case '"':
+		if len(raw) >= 2 && raw[len(raw)-1] == '"' && plainString(raw[1:len(raw)-1]) {
+			return "s" + string(raw[1:len(raw)-1]), true
+		}
 		s, ok := decodeString(raw)
 		if !ok {
 			return "", false

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -90,11 +89,24 @@ func (r *Request) Forwardable() bool {
 	return false
 }
 
-var urnPattern = regexp.MustCompile(`^urn:asap:agent:[a-z0-9-]+(:[a-z0-9-]+)?$`)
-
-// ValidURN reports whether s is an ASAP agent URN.
+// ValidURN reports whether s is an ASAP agent URN: at most MaxURNLength
+// bytes matching ^urn:asap:agent:[a-z0-9-]+(:[a-z0-9-]+)?$.
 func ValidURN(s string) bool {
-	return len(s) <= MaxURNLength && urnPattern.MatchString(s)
+	const prefix = "urn:asap:agent:"
+	if len(s) > MaxURNLength || !strings.HasPrefix(s, prefix) {
+		return false
+	}
+	name, sub, hasSub := strings.Cut(s[len(prefix):], ":")
+	return urnSegment(name) && (!hasSub || urnSegment(sub))
+}
+
+func urnSegment(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // ParseRequest parses a POST /asap body. A whole-body problem (not JSON,
@@ -119,7 +131,7 @@ func ParseRequest(body []byte, lim Limits) (*Request, *Error) {
 	if len(trimmed) == 0 {
 		return nil, NewError(CodeParseError, "empty_body", "the body is empty; send a JSON-RPC 2.0 request")
 	}
-	if !json.Valid(trimmed) {
+	if !validJSON(trimmed) {
 		return nil, NewError(CodeParseError, "invalid_json", "the body is not valid JSON")
 	}
 	switch trimmed[0] {
@@ -152,7 +164,14 @@ func ParseRequest(body []byte, lim Limits) (*Request, *Error) {
 		}
 		return req, nil
 	case '{':
-		return &Request{Calls: []Call{parseCall(trimmed)}}, nil
+		// The request and its one call in one allocation.
+		one := &struct {
+			req   Request
+			calls [1]Call
+		}{}
+		one.calls[0] = parseCall(trimmed)
+		one.req.Calls = one.calls[:]
+		return &one.req, nil
 	default:
 		return nil, NewError(CodeInvalidRequest, "not_an_object", "a JSON-RPC request must be an object or a batch array")
 	}

@@ -177,3 +177,153 @@ func foldKey(s []byte) string {
 	}
 	return string(out)
 }
+
+// validJSON reports whether b is exactly one JSON value, as json.Valid
+// does. b is known to be valid UTF-8 and no deeper than the depth limit.
+func validJSON(b []byte) bool {
+	v := validator{b: b}
+	v.ws()
+	if !v.value() {
+		return false
+	}
+	v.ws()
+	return v.i == len(b)
+}
+
+type validator struct {
+	b []byte
+	i int
+}
+
+func (v *validator) ws() { v.i = skipWS(v.b, v.i) }
+
+// at reports whether the next byte is c, and steps over it if so.
+func (v *validator) at(c byte) bool {
+	if v.i < len(v.b) && v.b[v.i] == c {
+		v.i++
+		return true
+	}
+	return false
+}
+
+func (v *validator) value() bool {
+	if v.i >= len(v.b) {
+		return false
+	}
+	switch c := v.b[v.i]; {
+	case c == '{':
+		v.i++
+		v.ws()
+		if v.at('}') {
+			return true
+		}
+		for {
+			if !v.str() {
+				return false
+			}
+			v.ws()
+			if !v.at(':') {
+				return false
+			}
+			v.ws()
+			if !v.value() {
+				return false
+			}
+			v.ws()
+			if v.at('}') {
+				return true
+			}
+			if !v.at(',') {
+				return false
+			}
+			v.ws()
+		}
+	case c == '[':
+		v.i++
+		v.ws()
+		if v.at(']') {
+			return true
+		}
+		for {
+			if !v.value() {
+				return false
+			}
+			v.ws()
+			if v.at(']') {
+				return true
+			}
+			if !v.at(',') {
+				return false
+			}
+			v.ws()
+		}
+	case c == '"':
+		return v.str()
+	case c == 't':
+		return v.literal("true")
+	case c == 'f':
+		return v.literal("false")
+	case c == 'n':
+		return v.literal("null")
+	case c == '-' || c >= '0' && c <= '9':
+		start := v.i
+		for v.i < len(v.b) {
+			c := v.b[v.i]
+			if !(c >= '0' && c <= '9' || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E') {
+				break
+			}
+			v.i++
+		}
+		// Anything of these that follows a number is invalid anyway,
+		// so taking them all and checking the grammar is exact.
+		return validNumber(v.b[start:v.i])
+	}
+	return false
+}
+
+func (v *validator) literal(lit string) bool {
+	if len(v.b)-v.i >= len(lit) && string(v.b[v.i:v.i+len(lit)]) == lit {
+		v.i += len(lit)
+		return true
+	}
+	return false
+}
+
+// str steps over a string, which must come next.
+func (v *validator) str() bool {
+	b, i := v.b, v.i
+	if i >= len(b) || b[i] != '"' {
+		return false
+	}
+	for i++; i < len(b); {
+		switch c := b[i]; {
+		case c == '"':
+			v.i = i + 1
+			return true
+		case c == '\\':
+			if i+1 >= len(b) {
+				return false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if len(b)-i < 6 || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return false
+				}
+				i += 6
+			default:
+				return false
+			}
+		case c < 0x20:
+			return false
+		default:
+			i++
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
