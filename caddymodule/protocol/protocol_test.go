@@ -305,28 +305,6 @@ func TestTruncateKeepsUTF8(t *testing.T) {
 	}
 }
 
-func FuzzParseRequest(f *testing.F) {
-	f.Add([]byte(call(goodEnv)))
-	f.Add([]byte("[" + call(goodEnv) + ",1]"))
-	f.Add([]byte(`{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":{}},"id":1}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		req, err := ParseRequest(b, Limits{})
-		if (req == nil) == (err == nil) {
-			t.Fatalf("exactly one of request and error expected: %v %v", req, err)
-		}
-		if err != nil && !json.Valid(err.JSON()) {
-			t.Fatalf("error answer not JSON: %s", err.JSON())
-		}
-		if req != nil {
-			for _, c := range req.Calls {
-				if c.Err != nil && !json.Valid(c.Err.JSON()) {
-					t.Fatalf("call error answer not JSON: %s", c.Err.JSON())
-				}
-			}
-		}
-	})
-}
-
 func FuzzParseResponse(f *testing.F) {
 	f.Add([]byte(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t"}}},"id":1}`))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -11,13 +11,18 @@ import (
 // task.response or task.stream envelope.
 type Reply struct {
 	ID json.RawMessage
+	// Key is IDKey(ID), "" when the reply has no usable id.
+	Key string
 	// ErrorCode is the JSON-RPC error code when the agent answered an
 	// error, else 0.
 	ErrorCode int
 	// PayloadType of the answered envelope, canonical.
 	PayloadType PayloadType
 	TaskID      string
-	Status      string
+	// BadTaskID is set when the payload's task_id held a control
+	// character; TaskID is then "" and the reply should count as failed.
+	BadTaskID bool
+	Status    string
 	// Metrics is the payload's metrics object as sent (may be nil).
 	Metrics json.RawMessage
 	// Final is set on a task.stream chunk that closes its task.
@@ -25,8 +30,9 @@ type Reply struct {
 }
 
 // Failed reports whether the reply counts as a failed task: a JSON-RPC
-// error from the agent, or a task that ended with status failed.
-func (r *Reply) Failed() bool { return r.ErrorCode != 0 || r.Status == StatusFailed }
+// error from the agent, a task that ended with status failed, or a task_id
+// that could not be accepted (BadTaskID).
+func (r *Reply) Failed() bool { return r.ErrorCode != 0 || r.Status == StatusFailed || r.BadTaskID }
 
 type wireResponse struct {
 	ID     json.RawMessage `json:"id"`
@@ -86,6 +92,7 @@ func ParseResponse(body []byte) ([]Reply, error) {
 
 func (w *wireResponse) reply() (Reply, bool) {
 	r := Reply{ID: w.ID}
+	r.Key, _ = IDKey(w.ID)
 	switch {
 	case w.Error != nil:
 		var code int
@@ -108,6 +115,9 @@ func readEnvelope(raw json.RawMessage, r *Reply) {
 	}
 	r.PayloadType = NormalizeType(str(env.PayloadType))
 	r.TaskID = str(env.Payload.TaskID)
+	if !ValidID(r.TaskID) {
+		r.TaskID, r.BadTaskID = "", true
+	}
 	r.Status = str(env.Payload.Status)
 	if kind(env.Payload.Metrics) == '{' {
 		r.Metrics = env.Payload.Metrics
