@@ -2,6 +2,10 @@ package caddymodule
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
+	"compress/zlib"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/andybalholm/brotli"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 )
 
@@ -148,5 +153,276 @@ func TestHeaderHasToken(t *testing.T) {
 		if got := headerHasToken(h, "Connection", "upgrade"); got != c.want {
 			t.Errorf("%q: got %v, want %v", c.values, got, c.want)
 		}
+	}
+}
+
+// reencodingAgent answers every call of a batch as a Python agent would:
+// the id decoded and encoded again ("\u0061" comes back as "a", 1e0 as 1),
+// 7 tokens in per task, except calls whose skill is "skip", which it
+// leaves unanswered.
+func reencodingAgent() *countingUpstream {
+	return &countingUpstream{answer: func(w http.ResponseWriter, r *http.Request, body []byte) {
+		var calls []struct {
+			ID     any `json:"id"`
+			Params struct {
+				Envelope struct {
+					ID      string `json:"id"`
+					Payload struct {
+						Skill string `json:"skill_id"`
+					} `json:"payload"`
+				} `json:"envelope"`
+			} `json:"params"`
+		}
+		if err := json.Unmarshal(body, &calls); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		var out []string
+		for _, c := range calls {
+			if c.Params.Envelope.Payload.Skill == "skip" {
+				continue
+			}
+			id, _ := json.Marshal(c.ID)
+			out = append(out, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed","metrics":{"tokens_in":7}}}},"id":%s}`,
+				c.Params.Envelope.ID, id))
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, "["+strings.Join(out, ",")+"]")
+	}}
+}
+
+// Finding 2: what the agent reads (exact member names) is what was
+// checked; ambiguous names are refused before anything is forwarded.
+func TestAmbiguousMemberNamesAreRefused(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+
+	benign := envelope("01JSMUGGLE0000000000000001", "echo", `{}`)
+	evil := strings.Replace(strings.Replace(benign, "urn:asap:agent:client", "urn:asap:agent:mallory", 1), "task.request", "state.restore", 1)
+	for name, body := range map[string]string{
+		"envelope twice in params": `{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":` + evil + `,"envelope":` + benign + `},"id":"r1"}`,
+		"Envelope case variant":    `{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":` + evil + `,"Envelope":` + benign + `},"id":"r1"}`,
+		"sender folding ſ":         rpc("r1", strings.Replace(benign, `"sender":`, `"ſender":"urn:asap:agent:mallory","sender":`, 1)),
+		"escaped payload_type":     rpc("r1", strings.Replace(benign, `"payload_type":`, `"payload_type":"state.restore","payload_\u0074ype":`, 1)),
+		"Kelvin sign folding":      rpc("r1", strings.Replace(benign, `"payload_type":`, `"requires_ack":true,"requires_ac\u212a":false,"payload_type":`, 1)),
+		"method twice":             `{"jsonrpc":"2.0","method":"asap.send","method":"other","params":{"envelope":` + benign + `},"id":"r1"}`,
+		"params case variant":      `{"jsonrpc":"2.0","method":"asap.send","Params":{"envelope":` + evil + `},"params":{"envelope":` + benign + `},"id":"r1"}`,
+	} {
+		_, b := post(t, s.url+"/asap", body)
+		a := decodeAnswer(t, b)
+		if a.Error == nil || a.Error.Code != protocol.CodeInvalidRequest || a.Error.Data["reason"] != "duplicate_member" {
+			t.Errorf("%s: answer %s, want -32600 duplicate_member", name, b)
+		}
+	}
+	// Only the exact name counts: "Envelope" alone is no envelope.
+	_, b := post(t, s.url+"/asap", `{"jsonrpc":"2.0","method":"asap.send","params":{"Envelope":`+benign+`},"id":"r1"}`)
+	if a := decodeAnswer(t, b); a.Error == nil || a.Error.Data["reason"] != "missing_envelope" {
+		t.Errorf("Envelope alone: %s", b)
+	}
+	if n := up.count(); n != 0 {
+		t.Fatalf("the agent got %d ambiguous requests", n)
+	}
+}
+
+// withEnvelopeID is an echo envelope whose id is raw JSON string content.
+func withEnvelopeID(raw string) string {
+	return strings.Replace(envelope("01JPLACEHOLDER", "echo", `{}`), "01JPLACEHOLDER", raw, 1)
+}
+
+// Finding 6: control characters in ids never reach the agent or a
+// storage key.
+func TestControlCharactersInIDsAreRefused(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	for name, body := range map[string]string{
+		"NUL in envelope id": rpc("r1", withEnvelopeID(`01JCTRL\u0000x`)),
+		"DEL in envelope id": rpc("r1", withEnvelopeID(`01JCTRL\u007fx`)),
+		"newline in rpc id":  strings.Replace(rpc("r1", envelope("01JCTRL0000000000000000001", "echo", `{}`)), `"id":"r1"`, `"id":"r\n1"`, 1),
+		"tab in correlation": rpc("r1", strings.Replace(envelope("01JCTRL0000000000000000002", "echo", `{}`), `"payload_type":"task.request"`, `"payload_type":"task.response","correlation_id":"c\t1"`, 1)),
+		"NUL in a batch":     "[" + rpc("r1", withEnvelopeID(`01JCTRL\u0000y`)) + "]",
+	} {
+		_, b := post(t, s.url+"/asap", body)
+		if strings.HasPrefix(body, "[") {
+			var as []rpcAnswer
+			if err := json.Unmarshal(b, &as); err != nil || len(as) != 1 || as[0].Error == nil || as[0].Error.Code != protocol.CodeInvalidParams {
+				t.Errorf("%s: answer %s", name, b)
+			}
+			continue
+		}
+		if a := decodeAnswer(t, b); a.Error == nil || a.Error.Code != protocol.CodeInvalidParams || a.Error.Data["reason"] != "control_character_in_id" {
+			t.Errorf("%s: answer %s, want -32602 control_character_in_id", name, b)
+		}
+	}
+	if n := up.count(); n != 0 {
+		t.Fatalf("the agent got %d requests with control characters in ids", n)
+	}
+}
+
+// Finding 5: batch ids are unique and answers match by decoded id; a call
+// the agent leaves unanswered is a failed task, not a free success.
+func TestBatchAnswersMatchByDecodedID(t *testing.T) {
+	up := reencodingAgent()
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+
+	one := func(id, envID, skill string) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":%s},"id":%s}`, envelope(envID, skill, `{}`), id)
+	}
+	for name, body := range map[string]string{
+		"same string":       "[" + one(`"a"`, "01JDUPID00000000000000001A", "echo") + "," + one(`"a"`, "01JDUPID00000000000000001B", "echo") + "]",
+		"escaped and plain": "[" + one(`"\u0061"`, "01JDUPID00000000000000002A", "echo") + "," + one(`"a"`, "01JDUPID00000000000000002B", "echo") + "]",
+		"1 and 1.0 and 1e0": "[" + one(`1`, "01JDUPID00000000000000003A", "echo") + "," + one(`1e0`, "01JDUPID00000000000000003B", "echo") + "]",
+	} {
+		_, b := post(t, s.url+"/asap", body)
+		if a := decodeAnswer(t, b); a.Error == nil || a.Error.Code != protocol.CodeInvalidRequest || a.Error.Data["reason"] != "duplicate_id" {
+			t.Errorf("%s: answer %s, want -32600 duplicate_id", name, b)
+		}
+	}
+	if n := up.count(); n != 0 {
+		t.Fatalf("the agent got %d batches with duplicate ids", n)
+	}
+
+	// "1" (a string) and 1 (a number) are different ids.
+	body := "[" + one(`"\u0061"`, "01JDECODED000000000000000A", "echo") + "," + one(`1.0`, "01JDECODED000000000000000B", "echo") + "," +
+		one(`"1"`, "01JDECODED000000000000000C", "skip") + "]"
+	if resp, b := post(t, s.url+"/asap", body); resp.StatusCode != 200 || up.count() != 1 {
+		t.Fatalf("status %d, agent hits %d: %s", resp.StatusCode, up.count(), b)
+	}
+	evs := usageEvents(t, runningDB(t))
+	for _, id := range []string{"01JDECODED000000000000000A", "01JDECODED000000000000000B"} {
+		if ev := evs[id]; ev.TokensIn != 7 || ev.Status != "completed" || ev.TaskID != "t-"+id {
+			t.Errorf("%s: event %+v, want the agent's answer (7 tokens, completed)", id, ev)
+		}
+	}
+	if ev := evs["01JDECODED000000000000000C"]; ev.Status != "failed" || ev.TokensIn != 0 {
+		t.Errorf("unanswered call: event %+v, want failed", ev)
+	}
+	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 3 || c.Completed != 2 || c.Failed != 1 {
+		t.Errorf("counts = %+v, want 3 forwarded, 2 completed, 1 failed", c)
+	}
+}
+
+func compress(t *testing.T, enc string, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	var w io.WriteCloser
+	switch enc {
+	case "gzip":
+		w = gzip.NewWriter(&buf)
+	case "deflate":
+		w = zlib.NewWriter(&buf)
+	case "br":
+		w = brotli.NewWriter(&buf)
+	default:
+		t.Fatalf("no encoder for %s", enc)
+	}
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func postEncoded(t *testing.T, url, enc string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Encoding", enc)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// Finding 7: compressed bodies (the reference client compresses large
+// ones) are decoded for inspection, limited by their decoded size, and
+// reach the agent as sent.
+func TestCompressedBodiesAreInspectedAndForwardedAsSent(t *testing.T) {
+	var mu sync.Mutex
+	var encodings []string
+	up := reencodingAgent()
+	batchAgent := up.answer
+	up.answer = func(w http.ResponseWriter, r *http.Request, body []byte) {
+		mu.Lock()
+		encodings = append(encodings, r.Header.Get("Content-Encoding"))
+		mu.Unlock()
+		if r.Header.Get("Content-Encoding") != "" {
+			fixedAnswer(200, "application/json", agentAnswer)(w, r, body)
+			return
+		}
+		batchAgent(w, r, body)
+	}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\nmax_body 64KiB")
+
+	// Valid calls in each encoding: forwarded byte for byte, metered.
+	for i, enc := range []string{"gzip", "deflate", "br"} {
+		id := fmt.Sprintf("01JCOMPRESS00000000000000%d", i)
+		sent := compress(t, enc, []byte(rpc("r1", envelope(id, "echo", `{"text":"`+strings.Repeat("x", 4000)+`"}`))))
+		resp, b := postEncoded(t, s.url+"/asap", enc, sent)
+		if resp.StatusCode != 200 || string(b) != agentAnswer {
+			t.Fatalf("%s: status %d: %s", enc, resp.StatusCode, b)
+		}
+		if !bytes.Equal(up.last(), sent) {
+			t.Fatalf("%s: the agent did not get the body as sent", enc)
+		}
+		if _, ok := usageEvents(t, runningDB(t))[id]; !ok {
+			t.Fatalf("%s: the call was not metered", enc)
+		}
+	}
+	hits := up.count()
+
+	// Checked after decoding: a bad call inside gzip is refused.
+	bad := compress(t, "gzip", []byte(`{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":`+envelope("01JCOMPRESSBAD000000000001", "echo", `{}`)+`,"Envelope":{}},"id":"r1"}`))
+	if _, b := postEncoded(t, s.url+"/asap", "gzip", bad); decodeAnswer(t, b).Error == nil {
+		t.Fatalf("smuggling inside gzip: %s", b)
+	}
+	// A bomb: 10 MB of spaces compress to a few KB; refused at max_body.
+	bomb := compress(t, "gzip", append(bytes.Repeat([]byte(" "), 10<<20), rpc("r1", envelope("01JCOMPRESSBOMB00000000001", "echo", `{}`))...))
+	if resp, b := postEncoded(t, s.url+"/asap", "gzip", bomb); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("gzip bomb: status %d: %s", resp.StatusCode, b)
+	}
+	// Encodings the sidecar cannot read are refused, never passed on.
+	for _, enc := range []string{"zstd", "compress", "gzip, br"} {
+		resp, b := postEncoded(t, s.url+"/asap", enc, []byte(rpc("r1", envelope("01JCOMPRESSODD000000000001", "echo", `{}`))))
+		if resp.StatusCode != http.StatusUnsupportedMediaType {
+			t.Fatalf("%s: status %d: %s", enc, resp.StatusCode, b)
+		}
+	}
+	// Corrupt data is refused.
+	for _, enc := range []string{"gzip", "deflate", "br"} {
+		good := compress(t, enc, []byte(rpc("r1", envelope("01JCOMPRESSCUT000000000001", "echo", `{}`))))
+		resp, b := postEncoded(t, s.url+"/asap", enc, good[:len(good)/2])
+		if a := decodeAnswer(t, b); resp.StatusCode != http.StatusBadRequest || a.Error == nil || a.Error.Data["reason"] != "bad_encoding" {
+			t.Fatalf("%s cut short: status %d: %s", enc, resp.StatusCode, b)
+		}
+	}
+	if n := up.count(); n != hits {
+		t.Fatalf("the agent got %d refused compressed requests", n-hits)
+	}
+
+	// A filtered batch is new JSON: it goes out decoded, without
+	// Content-Encoding, with only the good call.
+	good := rpc("g", envelope("01JCOMPRESSBATCH0000000001", "echo", `{}`))
+	batch := compress(t, "gzip", []byte("["+good+`,{"jsonrpc":"2.0","method":"nope","id":"x"}]`))
+	if resp, b := postEncoded(t, s.url+"/asap", "gzip", batch); resp.StatusCode != 200 {
+		t.Fatalf("filtered batch: status %d: %s", resp.StatusCode, b)
+	}
+	mu.Lock()
+	last := encodings[len(encodings)-1]
+	mu.Unlock()
+	if string(up.last()) != "["+good+"]" || last != "" {
+		t.Fatalf("filtered batch reached the agent as %q (Content-Encoding %q)", up.last(), last)
 	}
 }

@@ -127,13 +127,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Refuse before reading a byte of it.
 		return h.rejectTooLarge(w)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.MaxBody)))
+	sent, body, err := readBody(r, w, int64(h.MaxBody))
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return h.rejectTooLarge(w)
+		var be *bodyError
+		if errors.As(err, &be) {
+			code := protocol.CodeParseError
+			if be.status == http.StatusUnsupportedMediaType {
+				code = protocol.CodeInvalidRequest
+			}
+			return h.reject(w, be.status, protocol.NewError(code, be.reason, be.detail).JSON())
 		}
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("asap: reading request body: %w", err))
+		return h.rejectTooLarge(w)
 	}
 	req, perr := protocol.ParseRequest(body, h.limits)
 	if perr != nil {
@@ -150,7 +154,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reject(w, http.StatusOK, localAnswer(req))
 	}
 
-	forward := forwardBody(req, body)
+	forward, filtered := forwardBody(req, sent)
+	if filtered {
+		// A filtered batch is new JSON: it goes out uncompressed.
+		r.Header.Del("Content-Encoding")
+	}
 	r.Body = io.NopCloser(bytes.NewReader(forward))
 	r.ContentLength = int64(len(forward))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(forward)), nil }
@@ -313,23 +321,24 @@ func localAnswer(req *protocol.Request) []byte {
 	return b
 }
 
-// forwardBody is the body the agent gets: the original bytes when every
-// call is forwarded, else a batch of just the good calls, each untouched.
-func forwardBody(req *protocol.Request, body []byte) []byte {
+// forwardBody is the body the agent gets: the bytes as sent when every
+// call is forwarded, else a batch of just the good calls, each byte for
+// byte as received.
+func forwardBody(req *protocol.Request, sent []byte) (body []byte, filtered bool) {
 	if !req.Batch {
-		return body
+		return sent, false
 	}
-	good := make([]json.RawMessage, 0, len(req.Calls))
+	good := make([][]byte, 0, len(req.Calls))
 	for _, c := range req.Calls {
 		if c.Err == nil {
 			good = append(good, c.Raw)
 		}
 	}
 	if len(good) == len(req.Calls) {
-		return body
+		return sent, false
 	}
-	b, _ := json.Marshal(good)
-	return b
+	b := append([]byte{'['}, bytes.Join(good, []byte{','})...)
+	return append(b, ']'), true
 }
 
 func singleID(req *protocol.Request) json.RawMessage {
@@ -348,6 +357,9 @@ type outcome struct {
 	body     []byte           // held answer with sidecar errors merged in
 	replace  []byte           // answer replacing the agent's
 	httpCode int              // status the agent answered
+	// truncated: the answer was too large to inspect whole, so a call
+	// without a readable reply may still have been answered.
+	truncated bool
 }
 
 func (h *Handler) outcome(req *protocol.Request, cw *capture, upstreamErr error) outcome {
@@ -378,7 +390,7 @@ func (h *Handler) outcome(req *protocol.Request, cw *capture, upstreamErr error)
 		out.replace = upstreamFailure(req, protocol.CodeRemoteError, "invalid_agent_answer", "the agent's answer is not a JSON-RPC response")
 		return out
 	}
-	out.replies = replies
+	out.replies, out.truncated = replies, cw.truncated
 	if cw.status >= 500 {
 		out.failAll = true
 	}
@@ -427,10 +439,11 @@ func upstreamFailure(req *protocol.Request, code int, reason, detail string) []b
 	return b
 }
 
-// replyFor finds the agent's reply to the call with this id. A single
-// call's answer is the last reply: the one JSON-RPC response, or the final
-// chunk of a stream (SSE envelopes carry no JSON-RPC id).
-func replyFor(req *protocol.Request, id json.RawMessage, replies []protocol.Reply) (protocol.Reply, bool) {
+// replyFor finds the agent's reply to call c. A single call's answer is
+// the last reply: the one JSON-RPC response, or the final chunk of a
+// stream (SSE envelopes carry no JSON-RPC id). In a batch, answers match by
+// the decoded id ("\u0061" is "a", 1e0 is 1), as the agent reads them.
+func replyFor(req *protocol.Request, c *protocol.Call, replies []protocol.Reply) (protocol.Reply, bool) {
 	if len(replies) == 0 {
 		return protocol.Reply{}, false
 	}
@@ -438,7 +451,7 @@ func replyFor(req *protocol.Request, id json.RawMessage, replies []protocol.Repl
 		return replies[len(replies)-1], true
 	}
 	for _, r := range replies {
-		if bytes.Equal(r.ID, id) {
+		if r.Key != "" && r.Key == c.Key {
 			return r, true
 		}
 	}

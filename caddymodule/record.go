@@ -53,8 +53,8 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 		if rec.agent == "" {
 			rec.agent = env.Recipient
 		}
-		rep, _ := replyFor(req, c.ID, out.replies)
-		rec.failed = callFailed(req, c, out)
+		rep, _ := replyFor(req, &c, out.replies)
+		rec.failed = callFailed(req, &c, out)
 		status := rep.Status
 		switch {
 		case status != "":
@@ -112,11 +112,12 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 }
 
 // callFailed reports whether a forwarded call failed: the agent was not
-// reached or answered 5xx or garbage, or its answer is a JSON-RPC error or
+// reached or answered 5xx or garbage, left the call unanswered (in an
+// answer small enough to read whole), or its answer is a JSON-RPC error or
 // a failed task.
-func callFailed(req *protocol.Request, c protocol.Call, out outcome) bool {
-	rep, answered := replyFor(req, c.ID, out.replies)
-	return out.failAll || (answered && rep.Failed())
+func callFailed(req *protocol.Request, c *protocol.Call, out outcome) bool {
+	rep, answered := replyFor(req, c, out.replies)
+	return out.failAll || (!answered && !out.truncated) || rep.Failed()
 }
 
 // taskTrail is a call's task.started and task.completed/task.failed

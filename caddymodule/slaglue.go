@@ -192,7 +192,7 @@ func (h *Handler) observe(req *protocol.Request, out outcome, elapsed time.Durat
 		if c.Err != nil {
 			continue
 		}
-		t.Observe(elapsed, callFailed(req, c, out))
+		t.Observe(elapsed, callFailed(req, &c, out))
 	}
 	if out.noAnswer {
 		t.Health(false)
