@@ -203,11 +203,15 @@ func delegationRevoke() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if db != "" {
 				return withLedger(db, func(l *delegation.Ledger) error {
-					ids, err := l.Revoke(context.Background(), args[0], time.Now())
-					if err == nil {
-						fmt.Fprintln(cmd.OutOrStdout(), "revoked", strings.Join(ids, " "))
+					rev, err := l.Revoke(context.Background(), args[0], time.Now())
+					if err != nil {
+						return err
 					}
-					return err
+					fmt.Fprintln(cmd.OutOrStdout(), "revoked", strings.Join(rev.IDs, " "))
+					for _, t := range rev.Tokens {
+						fmt.Fprintf(cmd.OutOrStdout(), "  affects %s from %s (hash %s)\n", t.JTI, t.Issuer, t.Hash)
+					}
+					return nil
 				})
 			}
 			resp, err := af.request(http.MethodDelete, "/asap/delegations/"+args[0], nil)

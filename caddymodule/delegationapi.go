@@ -76,20 +76,35 @@ func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
 	if err != nil || rec == nil {
 		return nil, 0, err
 	}
-	used, err := s.h.store.ledger.Used(id)
+	used, err := s.h.store.ledger.Used(rec)
 	return rec, used, err
 }
 
 func (s delegationService) Revoke(ctx context.Context, id string) error {
 	h := s.h
-	revoked := func(tx *storage.Tx, ids []string) error {
+	revoked := func(tx *storage.Tx, r *delegation.Revocation) error {
 		if !h.audit {
 			return nil
 		}
 		_, err := h.store.audit.Append(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
-			Details: map[string]any{"jti": id, "revoked": ids}})
+			Details: revocationDetails(r)})
 		return err
 	}
 	_, err := h.store.ledger.Revoke(ctx, id, time.Now(), revoked)
 	return err
+}
+
+// revocationDetails is the audit entry of a revocation: the id (and its
+// issuer, when only one issuer's id was revoked), the ids it cascaded to,
+// and the tokens known to be affected, minted here or seen in traffic.
+func revocationDetails(r *delegation.Revocation) map[string]any {
+	tokens := make([]any, len(r.Tokens))
+	for i, t := range r.Tokens {
+		tokens[i] = map[string]any{"issuer": t.Issuer, "jti": t.JTI, "hash": t.Hash}
+	}
+	d := map[string]any{"jti": r.JTI, "revoked": r.IDs, "tokens": tokens}
+	if r.Issuer != "" {
+		d["issuer"] = r.Issuer
+	}
+	return d
 }

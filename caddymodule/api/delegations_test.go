@@ -70,7 +70,7 @@ func (s *delegationSvc) Get(id string) (*delegation.Record, int64, error) {
 	if err != nil || rec == nil {
 		return nil, 0, err
 	}
-	used, err := s.ledger.Used(id)
+	used, err := s.ledger.Used(rec)
 	return rec, used, err
 }
 
@@ -316,7 +316,7 @@ func TestDelegationListGetRevoke(t *testing.T) {
 	if m["active"] != false || err != nil || at.Before(revokedAfter) || at.After(time.Now()) {
 		t.Fatalf("after revoke: %v (%v)", m, err)
 	}
-	if _, revoked := s.ledger.IsRevoked(a.ID); !revoked {
+	if _, revoked := s.ledger.IsRevoked("", a.ID); !revoked {
 		t.Fatal("ledger does not hold the revocation")
 	}
 	// Revoking again keeps the first time.
@@ -352,7 +352,7 @@ func TestDelegationListGetRevoke(t *testing.T) {
 	if w := delCall(t, s, http.MethodDelete, "/asap/delegations/del_seen_in_traffic", ""); w.Code != http.StatusNoContent {
 		t.Fatalf("DELETE of a foreign id: %d %s", w.Code, w.Body.String())
 	}
-	if _, revoked := s.ledger.IsRevoked("del_seen_in_traffic"); !revoked {
+	if _, revoked := s.ledger.IsRevoked("", "del_seen_in_traffic"); !revoked {
 		t.Fatal("foreign id not revoked")
 	}
 	expect(t, delCall(t, s, http.MethodGet, "/asap/delegations/del_seen_in_traffic", ""), http.StatusNotFound, `{"detail":"Delegation token not found"}`)
@@ -390,7 +390,7 @@ func TestDelegationPathsAndMethods(t *testing.T) {
 	// 256 characters is an id, just an unknown one.
 	expect(t, delCall(t, s, http.MethodGet, "/asap/delegations/"+strings.Repeat("x", 256), ""), http.StatusNotFound, `{"detail":"Delegation token not found"}`)
 	// Nothing was revoked by the refused requests.
-	if _, revoked := s.ledger.IsRevoked(id); revoked {
+	if _, revoked := s.ledger.IsRevoked("", id); revoked {
 		t.Fatal("a refused request revoked the token")
 	}
 	// A trailing slash on the collection is the collection.
@@ -412,7 +412,7 @@ func TestDelegationStorageFailures(t *testing.T) {
 			t.Errorf("%s %s: detail %q, want prefix %q", c.method, c.path, d, c.prefix)
 		}
 	}
-	if _, revoked := s.ledger.IsRevoked(id); revoked {
+	if _, revoked := s.ledger.IsRevoked("", id); revoked {
 		t.Fatal("failed revocation held in memory")
 	}
 }

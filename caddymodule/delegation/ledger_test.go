@@ -2,6 +2,7 @@ package delegation
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,13 +63,31 @@ func (f *fixture) limitedChain(t *testing.T, root, child, leaf int) *Chain {
 	return mustVerify(t, f.verifier(), join(g, c, r))
 }
 
-func used(t *testing.T, l *Ledger, jti string) int64 {
+// used is the task count of the token whose hash is hash.
+func used(t *testing.T, l *Ledger, hash string) int64 {
 	t.Helper()
-	n, err := l.Used(jti)
+	n, err := l.UsedByHash(hash)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// hashOf maps the jti of the chains' links to their token hash (HashOf
+// the jti itself for an id in none of them).
+func hashOf(chains ...*Chain) func(jti string) string {
+	m := map[string]string{}
+	for _, c := range chains {
+		for _, l := range c.Links {
+			m[l.Claims.ID] = l.Hash
+		}
+	}
+	return func(jti string) string {
+		if h, ok := m[jti]; ok {
+			return h
+		}
+		return HashOf(jti)
+	}
 }
 
 func TestLedgerReserveAllOrNone(t *testing.T) {
@@ -80,10 +99,11 @@ func TestLedgerReserveAllOrNone(t *testing.T) {
 	sibling := f.sign(with(f.childClaims(ch.Links[1].Raw, f.bob, f.carol, "del_sibling"), "exp", f.at(20*time.Minute),
 		"x-asap-constraints", map[string]any{"max_tasks": 2}), f.bob)
 	ch2 := mustVerify(t, f.verifier(), join(sibling, ch.Links[1].Raw, ch.Links[2].Raw))
+	h := hashOf(ch, ch2)
 	wantUsed := func(want map[string]int64) {
 		t.Helper()
 		for jti, n := range want {
-			if got := used(t, e.l, jti); got != n {
+			if got := used(t, e.l, h(jti)); got != n {
 				t.Errorf("Used(%s) = %d, want %d", jti, got, n)
 			}
 		}
@@ -150,7 +170,7 @@ func TestLedgerUnlimitedAndZero(t *testing.T) {
 		}
 		res.Finish()
 	}
-	if got := used(t, e.l, "del_leaf"); got != 100 {
+	if got := used(t, e.l, ch.Leaf().Hash); got != 100 {
 		t.Errorf("Used = %d, want 100 (counted even without a limit)", got)
 	}
 	zero := f.limitedChain(t, 0, 0, 0)
@@ -160,7 +180,7 @@ func TestLedgerUnlimitedAndZero(t *testing.T) {
 	if rej.JTI != "del_leaf" {
 		t.Errorf("names %q", rej.JTI)
 	}
-	if got := used(t, e.l, "never-seen"); got != 0 {
+	if got := used(t, e.l, HashOf("never-seen")); got != 0 {
 		t.Errorf("Used of an unknown id = %d", got)
 	}
 }
@@ -188,7 +208,7 @@ func TestLedgerStagePersists(t *testing.T) {
 	}
 	e.reopen(t)
 	for jti, want := range map[string]int64{"del_leaf": 3, "del_child": 3, "del_root": 3} {
-		if got := used(t, e.l, jti); got != want {
+		if got := used(t, e.l, hashOf(ch)(jti)); got != want {
 			t.Errorf("after reopen Used(%s) = %d, want %d", jti, got, want)
 		}
 	}
@@ -202,7 +222,7 @@ func TestLedgerStagePersists(t *testing.T) {
 	if rej != nil {
 		t.Fatalf("root alone: %v", rej)
 	}
-	if got := used(t, e.l, "del_root"); got != 4 {
+	if got := used(t, e.l, ch.Root().Hash); got != 4 {
 		t.Errorf("Used(root) = %d, want 4 (3 persisted + 1 in flight)", got)
 	}
 }
@@ -227,7 +247,7 @@ func TestLedgerStageTwoInOneTx(t *testing.T) {
 	r1.Finish()
 	r2.Finish()
 	e.reopen(t)
-	if got := used(t, e.l, "del_leaf"); got != 2 {
+	if got := used(t, e.l, ch.Leaf().Hash); got != 2 {
 		t.Errorf("Used = %d, want 2", got)
 	}
 }
@@ -265,11 +285,11 @@ func TestLedgerConcurrentReserveExact(t *testing.T) {
 	if ok.Load() != 5 || limited.Load() != 45 {
 		t.Fatalf("%d passed and %d were limited; want exactly 5 and 45", ok.Load(), limited.Load())
 	}
-	if got := used(t, e.l, "del_leaf"); got != 5 {
+	if got := used(t, e.l, ch.Leaf().Hash); got != 5 {
 		t.Errorf("Used = %d", got)
 	}
 	e.reopen(t)
-	if got := used(t, e.l, "del_leaf"); got != 5 {
+	if got := used(t, e.l, ch.Leaf().Hash); got != 5 {
 		t.Errorf("persisted Used = %d, want 5", got)
 	}
 }
@@ -301,7 +321,7 @@ func TestLedgerConcurrentReserveRelease(t *testing.T) {
 	if n := finished.Load(); n > 3 {
 		t.Fatalf("%d tasks finished under max_tasks 3", n)
 	}
-	if got := used(t, e.l, "del_leaf"); got != finished.Load() {
+	if got := used(t, e.l, ch.Leaf().Hash); got != finished.Load() {
 		t.Errorf("Used = %d, finished %d", got, finished.Load())
 	}
 }
@@ -385,15 +405,20 @@ func TestLedgerRevokeCascades(t *testing.T) {
 
 	// Revoke the middle: it and its descendant, not its parent or sibling.
 	at := now.Add(time.Minute)
-	ids, err := e.l.Revoke(context.Background(), child.Claims.ID, at)
+	rev, err := e.l.Revoke(context.Background(), child.Claims.ID, at)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(ids, " ") != child.Claims.ID+" "+grand.Claims.ID {
-		t.Errorf("revoked %v", ids)
+	if strings.Join(rev.IDs, " ") != child.Claims.ID+" "+grand.Claims.ID {
+		t.Errorf("revoked %v", rev.IDs)
 	}
+	wantRefs := []TokenRef{{f.alice.urn, child.Claims.ID, HashOf(child.Token)}, {f.bob.urn, grand.Claims.ID, HashOf(grand.Token)}}
+	if !reflect.DeepEqual(rev.Tokens, wantRefs) {
+		t.Errorf("affected tokens %+v, want %+v", rev.Tokens, wantRefs)
+	}
+	issuer := map[string]string{root.Claims.ID: f.self.urn, child.Claims.ID: f.alice.urn, grand.Claims.ID: f.bob.urn, sibling.Claims.ID: f.alice.urn, other.Claims.ID: f.self.urn}
 	for id, want := range map[string]bool{root.Claims.ID: false, child.Claims.ID: true, grand.Claims.ID: true, sibling.Claims.ID: false, other.Claims.ID: false} {
-		when, ok := e.l.IsRevoked(id)
+		when, ok := e.l.IsRevoked(issuer[id], id)
 		if ok != want {
 			t.Errorf("IsRevoked(%s) = %v, want %v", id, ok, want)
 		}
@@ -426,15 +451,15 @@ func TestLedgerRevokeCascades(t *testing.T) {
 	}
 
 	// Revoke the root: everything minted under it.
-	ids, err = e.l.Revoke(context.Background(), root.Claims.ID, at.Add(time.Minute))
+	rev, err = e.l.Revoke(context.Background(), root.Claims.ID, at.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ids) != 4 || ids[0] != root.Claims.ID {
-		t.Errorf("revoked %v", ids)
+	if len(rev.IDs) != 4 || rev.IDs[0] != root.Claims.ID || len(rev.Tokens) != 4 {
+		t.Errorf("revoked %+v", rev)
 	}
 	// The first revocation time is kept.
-	if when, _ := e.l.IsRevoked(child.Claims.ID); !when.Equal(at) {
+	if when, _ := e.l.IsRevoked(f.alice.urn, child.Claims.ID); !when.Equal(at) {
 		t.Errorf("re-revocation moved the time to %v", when)
 	}
 	if rec, _ := e.l.Get(child.Claims.ID); !rec.RevokedAt.Equal(at) {
@@ -457,14 +482,14 @@ func TestLedgerRevokeCascades(t *testing.T) {
 	// Revocations survive a restart.
 	e.reopen(t)
 	for _, id := range []string{root.Claims.ID, child.Claims.ID, grand.Claims.ID, sibling.Claims.ID} {
-		if _, ok := e.l.IsRevoked(id); !ok {
+		if _, ok := e.l.IsRevoked(issuer[id], id); !ok {
 			t.Errorf("%s not revoked after reopen", id)
 		}
 	}
-	if when, _ := e.l.IsRevoked(child.Claims.ID); !when.Equal(at) {
+	if when, _ := e.l.IsRevoked(f.alice.urn, child.Claims.ID); !when.Equal(at) {
 		t.Errorf("time after reopen %v, want %v", when, at)
 	}
-	if _, ok := e.l.IsRevoked(other.Claims.ID); ok {
+	if _, ok := e.l.IsRevoked(f.self.urn, other.Claims.ID); ok {
 		t.Error("unrelated token revoked after reopen")
 	}
 	wantRejection(t, e.l.CheckRevoked(grandChain), ClassRevoked, "revoked")
@@ -481,12 +506,12 @@ func TestLedgerRevokeForeignID(t *testing.T) {
 	r := f.root() // jti del_root, never recorded here
 	c := f.child(r)
 	ch := mustVerify(t, f.verifier(), join(c, r))
-	ids, err := e.l.Revoke(context.Background(), "del_root", f.t0)
+	rev, err := e.l.Revoke(context.Background(), "del_root", f.t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ids) != 1 || ids[0] != "del_root" {
-		t.Errorf("revoked %v", ids)
+	if len(rev.IDs) != 1 || rev.IDs[0] != "del_root" || rev.Issuer != "" || len(rev.Tokens) != 0 {
+		t.Errorf("revoked %+v", rev)
 	}
 	if rec, err := e.l.Get("del_root"); rec != nil || err != nil {
 		t.Errorf("a record appeared for a foreign id: %v %v", rec, err)
@@ -503,7 +528,7 @@ func TestLedgerRevokeForeignID(t *testing.T) {
 		if _, err := e.l.Revoke(context.Background(), id, f.t0); err != nil {
 			t.Errorf("Revoke(%q): %v", id, err)
 		}
-		if _, ok := e.l.IsRevoked(id); !ok {
+		if _, ok := e.l.IsRevoked("", id); !ok {
 			t.Errorf("%q not revoked", id)
 		}
 	}
@@ -512,12 +537,12 @@ func TestLedgerRevokeForeignID(t *testing.T) {
 func TestLedgerRevokeRefusesBadIDs(t *testing.T) {
 	e := newLedgerEnv(t)
 	for _, id := range []string{"", strings.Repeat("x", 257), strings.Repeat("x", 300)} {
-		ids, err := e.l.Revoke(context.Background(), id, time.Now())
-		if err == nil || ids != nil {
-			t.Errorf("Revoke of a %d-character id: %v %v", len(id), ids, err)
+		rev, err := e.l.Revoke(context.Background(), id, time.Now())
+		if err == nil || rev != nil {
+			t.Errorf("Revoke of a %d-character id: %v %v", len(id), rev, err)
 		}
 	}
-	if _, ok := e.l.IsRevoked(""); ok {
+	if _, ok := e.l.IsRevoked("", ""); ok {
 		t.Error("empty id revoked")
 	}
 }
@@ -580,7 +605,7 @@ func TestLedgerPrune(t *testing.T) {
 	res.Finish()
 	inflight, _ := e.l.Reserve(&Chain{Links: old.Links[1:]}, f.t0) // del_child stays in flight
 	later := f.t0.Add(5 * time.Hour)
-	fresh := &Chain{Links: []*Link{{Claims: Claims{ID: "fresh", Expiry: ptrDate(later.Add(time.Hour).Unix())}}}}
+	fresh := &Chain{Links: []*Link{{Raw: "fresh", Hash: HashOf("fresh"), Claims: Claims{ID: "fresh", Expiry: ptrDate(later.Add(time.Hour).Unix())}}}}
 	for i := 0; i < 1100; i++ {
 		r, rej := e.l.Reserve(fresh, later)
 		if rej != nil {
@@ -589,15 +614,15 @@ func TestLedgerPrune(t *testing.T) {
 		r.Finish()
 	}
 	e.l.mu.Lock()
-	_, leafKept := e.l.used["del_leaf"]
-	_, childKept := e.l.used["del_child"]
-	_, freshKept := e.l.used["fresh"]
+	_, leafKept := e.l.used[old.Leaf().Hash]
+	_, childKept := e.l.used[old.Links[1].Hash]
+	_, freshKept := e.l.used[HashOf("fresh")]
 	e.l.mu.Unlock()
 	if leafKept || !childKept || !freshKept {
 		t.Errorf("after pruning: expired idle kept=%v, in flight kept=%v, live kept=%v", leafKept, childKept, freshKept)
 	}
 	// Pruned counts come back from disk.
-	if got := used(t, e.l, "del_leaf"); got != 1 {
+	if got := used(t, e.l, old.Leaf().Hash); got != 1 {
 		t.Errorf("Used(del_leaf) = %d after prune, want 1", got)
 	}
 	inflight.Release()
@@ -617,14 +642,14 @@ func TestLedgerCorruptData(t *testing.T) {
 		}
 	}
 	// A counter that is not 8 bytes.
-	put(countKey("del_leaf"), []byte("bad"))
 	ch := f.limitedChain(t, -1, -1, 5)
+	put(countKey(ch.Leaf().Hash), []byte("bad"))
 	_, rej := e.l.Reserve(ch, f.t0)
 	wantRejection(t, rej, ClassLimit, "limit_unreadable")
 	if rej.JTI != "del_leaf" {
 		t.Errorf("names %q", rej.JTI)
 	}
-	if _, err := e.l.Used("del_leaf"); err == nil {
+	if _, err := e.l.UsedByHash(ch.Leaf().Hash); err == nil {
 		t.Error("Used of a corrupt counter")
 	}
 	// Stage reads the counter too.
@@ -633,7 +658,7 @@ func TestLedgerCorruptData(t *testing.T) {
 	if rej != nil {
 		t.Fatal(rej)
 	}
-	put(countKey("del_child"), []byte("x"))
+	put(countKey(ok.Links[1].Hash), []byte("x"))
 	if err := e.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return res.Stage(tx, f.t0) }); err == nil {
 		t.Error("Stage over a corrupt counter")
 	}
@@ -653,7 +678,7 @@ func TestLedgerCorruptData(t *testing.T) {
 
 	// A corrupt revocation refuses to open: a ledger missing revocations
 	// must not start.
-	put(revokeKey("del_r"), []byte("not a time"))
+	put(revokeAllKey("del_r"), []byte("not a time"))
 	if err := e.db.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -678,13 +703,13 @@ func TestLedgerClosedDB(t *testing.T) {
 	if _, err := e.l.Revoke(context.Background(), "del_x", time.Now()); err == nil {
 		t.Error("Revoke on a closed database")
 	}
-	if _, ok := e.l.IsRevoked("del_x"); ok {
+	if _, ok := e.l.IsRevoked("", "del_x"); ok {
 		t.Error("a failed revocation took effect in memory")
 	}
 	ch := f.limitedChain(t, -1, -1, 5)
 	_, rej := e.l.Reserve(ch, f.t0)
 	wantRejection(t, rej, ClassLimit, "limit_unreadable")
-	if _, err := e.l.Used("del_leaf"); err == nil {
+	if _, err := e.l.UsedByHash(ch.Leaf().Hash); err == nil {
 		t.Error("Used on a closed database")
 	}
 }
@@ -713,7 +738,7 @@ func TestLedgerRevocationOutlivesToken(t *testing.T) {
 	}
 	var expiresAt uint64
 	err = bdb.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(revokeKey("del_long"))
+		item, err := txn.Get(revokeAllKey("del_long"))
 		if err != nil {
 			return err
 		}

@@ -48,8 +48,9 @@ type Minted struct {
 	// parent chain, if any.
 	Chain  string
 	Claims Claims
-	// ParentID is the parent token's id, if any.
-	ParentID string
+	// ParentID and ParentIssuer are the parent token's id and issuer, if
+	// any.
+	ParentID, ParentIssuer string
 }
 
 // ErrInvalidGrant wraps every reason Mint refuses a grant.
@@ -172,6 +173,7 @@ func Mint(g Grant, key ed25519.PrivateKey) (*Minted, error) {
 	m := &Minted{Token: string(tok), Chain: string(tok) + chain, Claims: c}
 	if g.Parent != nil {
 		m.ParentID = g.Parent.Leaf().Claims.ID
+		m.ParentIssuer = g.Parent.Leaf().Claims.Issuer
 	}
 	return m, nil
 }
