@@ -86,6 +86,8 @@ type Store struct {
 // shared is what one open database brings, kept across reloads.
 type shared struct {
 	db *storage.DB
+	// calls holds the envelope ids of calls between check and commit.
+	calls inFlight
 	// ledger holds revocations and per-token task counts.
 	ledger *delegation.Ledger
 	// audit is the database's audit log.

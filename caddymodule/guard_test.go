@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/andybalholm/brotli"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 )
 
@@ -424,5 +425,85 @@ func TestCompressedBodiesAreInspectedAndForwardedAsSent(t *testing.T) {
 	mu.Unlock()
 	if string(up.last()) != "["+good+"]" || last != "" {
 		t.Fatalf("filtered batch reached the agent as %q (Content-Encoding %q)", up.last(), last)
+	}
+}
+
+// usageByConsumer counts stored usage events by (consumer, envelope id).
+func usageByConsumer(t *testing.T) map[[2]string]int {
+	t.Helper()
+	out := map[[2]string]int{}
+	err := metering.New(runningDB(t), 0).Each(metering.Filter{}, func(e *metering.Event) bool {
+		out[[2]string{e.ConsumerID, e.EnvelopeID}]++
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Finding 3: usage dedup is per consumer, and an envelope id cannot be
+// reused for a different call — sequentially or concurrently.
+func TestEnvelopeIDReuse(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	const id = "01JREUSE000000000000000001"
+	alice := envelope(id, "echo", `{"text":"a"}`)
+	bob := strings.Replace(alice, "urn:asap:agent:client", "urn:asap:agent:bob", 1)
+
+	for _, env := range []string{alice, bob, alice} { // the third is a retry
+		if _, b := post(t, s.url+"/asap", rpc("r1", env)); decodeAnswer(t, b).Error != nil {
+			t.Fatalf("answer %s", b)
+		}
+	}
+	if up.count() != 3 {
+		t.Fatalf("agent hits %d, want 3 (retries go through)", up.count())
+	}
+	got := usageByConsumer(t)
+	if got[[2]string{"urn:asap:agent:client", id}] != 1 || got[[2]string{"urn:asap:agent:bob", id}] != 1 {
+		t.Fatalf("usage = %v, want one event per consumer", got)
+	}
+
+	// The same id with a different call is refused and never forwarded.
+	changed := envelope(id, "echo", `{"text":"something else"}`)
+	_, b := post(t, s.url+"/asap", rpc("r2", changed))
+	if a := decodeAnswer(t, b); a.Error == nil || a.Error.Code != protocol.CodeInvalidRequest || a.Error.Data["reason"] != "envelope_id_reused" {
+		t.Fatalf("changed call under a used id: %s", b)
+	}
+	if up.count() != 3 {
+		t.Fatal("a changed call under a used id reached the agent")
+	}
+
+	// Concurrently: 16 different calls under one fresh id, exactly one runs.
+	before := up.count()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok, refused := 0, 0
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, b := post(t, s.url+"/asap", rpc("c", envelope("01JREUSE000000000000000002", "echo", fmt.Sprintf(`{"n":%d}`, i))))
+			a := decodeAnswer(t, b)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case a.Error == nil:
+				ok++
+			case a.Error.Data["reason"] == "envelope_id_reused":
+				refused++
+			default:
+				t.Errorf("answer %s", b)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if ok != 1 || refused != 15 || up.count()-before != 1 {
+		t.Fatalf("16 different calls under one id: %d ran, %d refused, %d reached the agent; want 1/15/1", ok, refused, up.count()-before)
+	}
+	if n := usageByConsumer(t)[[2]string{"urn:asap:agent:client", "01JREUSE000000000000000002"}]; n != 1 {
+		t.Fatalf("%d usage events for the contested id, want 1", n)
 	}
 }

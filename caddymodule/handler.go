@@ -150,6 +150,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
 	}
 	grants := h.authorize(r, req)
+	ids := h.refuseReusedIDs(db, req, grants)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			h.releaseIdentities(ids)
+		}
+	}()
 	if !req.Forwardable() {
 		return h.reject(w, http.StatusOK, localAnswer(req))
 	}
@@ -174,9 +181,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		releaseUnanswered(grants)
 	}
 	h.observe(req, out, elapsed)
-	recs := h.account(req, grants, out, started, elapsed)
+	recs := h.account(req, grants, ids, out, started, elapsed)
 	if len(recs) > 0 {
-		pending := h.persist(db, recs)
+		handedOver = true
+		pending := h.persist(db, recs, ids)
 		if h.durability == storage.Strict {
 			err = pending.Wait(r.Context())
 		}

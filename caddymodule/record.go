@@ -23,8 +23,10 @@ type callRecord struct {
 	// event is the usage event (metering on); nil when the agent never
 	// answered (unreachable, timed out, cut off), which is not usage.
 	event *metering.Event
-	// dedup is the envelope id: a retry of it is not metered twice.
-	dedup string
+	// dedup is the envelope id: a retry of it is not metered twice;
+	// digest tells a retry from another call under the same id.
+	dedup  string
+	digest []byte
 	// trail is the call's audit entries (audit on): task.started and
 	// task.completed or task.failed; usage is added once the event is
 	// known to be new.
@@ -34,7 +36,7 @@ type callRecord struct {
 
 // account builds one record per forwarded call of req that has anything
 // to write: usage and counters, audit entries, or delegation counts.
-func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, started time.Time, elapsed time.Duration) []callRecord {
+func (h *Handler) account(req *protocol.Request, grants []grant, ids []callIdentity, out outcome, started time.Time, elapsed time.Duration) []callRecord {
 	now := time.Now().UTC()
 	recs := make([]callRecord, 0, len(req.Calls))
 	for i, c := range req.Calls {
@@ -46,12 +48,12 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 			continue
 		}
 		env := &c.Envelope
-		rec := callRecord{agent: h.Agent, dedup: env.ID}
+		rec := callRecord{agent: h.agentOf(env), dedup: env.ID}
+		if ids != nil {
+			rec.digest = ids[i].digest[:]
+		}
 		if !out.noAnswer {
 			rec.reservation = g.reservation
-		}
-		if rec.agent == "" {
-			rec.agent = env.Recipient
 		}
 		rep, _ := replyFor(req, &c, out.replies)
 		rec.failed = callFailed(req, &c, out)
@@ -109,6 +111,15 @@ func (h *Handler) account(req *protocol.Request, grants []grant, out outcome, st
 		recs = append(recs, rec)
 	}
 	return recs
+}
+
+// agentOf is the protected agent a call is recorded for: the configured
+// agent, else the envelope's recipient.
+func (h *Handler) agentOf(env *protocol.Envelope) string {
+	if h.Agent != "" {
+		return h.Agent
+	}
+	return env.Recipient
 }
 
 // callFailed reports whether a forwarded call failed: the agent was not
@@ -189,7 +200,7 @@ func clone(m map[string]any) map[string]any {
 // outcome counters, usage events and audit entries go in one transaction.
 // Prometheus sees an event once its write is done, and a deduplicated
 // retry never.
-func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
+func (h *Handler) persist(db *storage.DB, recs []callRecord, ids []callIdentity) *storage.Pending {
 	meter := metering.New(db, h.Retention.Std())
 	log := h.store.audit
 	recorded := make([]bool, len(recs))
@@ -214,7 +225,7 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 			if r.event == nil {
 				continue
 			}
-			ok, err := meter.Put(tx, r.event, r.dedup)
+			ok, err := meter.PutCall(tx, r.event, r.dedup, r.digest)
 			if err != nil {
 				return err
 			}
@@ -234,6 +245,7 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord) *storage.Pending {
 		for i := range recs {
 			recs[i].reservation.Finish()
 		}
+		h.releaseIdentities(ids)
 		if err != nil {
 			return
 		}

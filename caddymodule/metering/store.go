@@ -17,7 +17,7 @@ import (
 //	v a\0<agent>\0<ulid>             index by agent (no value)
 //	v c\0<consumer>\0<ulid>          index by consumer
 //	v t\0<task id>\0<ulid>           index by task
-//	w <agent>\0<envelope id>         dedup marker → ulid
+//	w sized(agent, consumer, envelope id)   dedup marker → ulid + call digest
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
 // The ULID's time part is the event's timestamp, so every prefix is also in
@@ -58,18 +58,27 @@ func indexKey(kind byte, value string, id ulid.ULID) []byte {
 	return append(indexPrefix(kind, value), id[:]...)
 }
 
-func dedupKey(agent, envelopeID string) []byte {
-	return storage.SpaceUsageSeen.KeyString(agent, envelopeID)
+// dedupKey is per consumer: two consumers may pick the same envelope id,
+// and each of their tasks is usage.
+func dedupKey(agent, consumer, envelopeID string) []byte {
+	return storage.SpaceUsageSeen.SizedString(agent, consumer, envelopeID)
 }
 
 // Put stages e in tx. With a non-empty dedup (the envelope id), a second
-// Put of the same agent and dedup value within the retention period is a
-// no-op that returns false: a client's retry is not counted twice. The
-// marker and the event are written in the same transaction.
+// Put of the same agent, consumer and dedup value within the retention
+// period is a no-op that returns false: a client's retry is not counted
+// twice. The marker and the event are written in the same transaction.
 func (s *Store) Put(tx *storage.Tx, e *Event, dedup string) (bool, error) {
+	return s.PutCall(tx, e, dedup, nil)
+}
+
+// PutCall is Put that also keeps digest, the call's fingerprint, in the
+// marker, so that Seen can tell a retry from a different call reusing the
+// envelope id.
+func (s *Store) PutCall(tx *storage.Tx, e *Event, dedup string, digest []byte) (bool, error) {
 	var mk []byte
 	if dedup != "" {
-		mk = dedupKey(e.AgentID, dedup)
+		mk = dedupKey(e.AgentID, e.ConsumerID, dedup)
 		_, err := tx.Get(mk)
 		if err == nil {
 			return false, nil
@@ -92,9 +101,29 @@ func (s *Store) Put(tx *storage.Tx, e *Event, dedup string) (bool, error) {
 	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), nil, s.retention)
 	if mk != nil {
-		tx.SetWithTTL(mk, id[:], s.retention)
+		tx.SetWithTTL(mk, append(id[:], digest...), s.retention)
 	}
 	return true, nil
+}
+
+// Seen returns the digest of the call metered under (agent, consumer,
+// envelope id), and whether there is one.
+func (s *Store) Seen(agent, consumer, envelopeID string) (digest []byte, ok bool, err error) {
+	err = s.db.View(func(r *storage.Reader) error {
+		v, err := r.Get(dedupKey(agent, consumer, envelopeID))
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ok = true
+		if len(v) > len(ulid.ULID{}) {
+			digest = append([]byte(nil), v[len(ulid.ULID{}):]...)
+		}
+		return nil
+	})
+	return digest, ok, err
 }
 
 // Outcome counters of forwarded calls, kept for /asap/status and never
@@ -308,7 +337,7 @@ func (s *Store) Purge(now time.Time) (int, error) {
 				tx.Delete(indexKey(idxConsumer, e.ConsumerID, id))
 				tx.Delete(indexKey(idxTask, e.TaskID, id))
 				if e.EnvelopeID != "" {
-					tx.Delete(dedupKey(e.AgentID, e.EnvelopeID))
+					tx.Delete(dedupKey(e.AgentID, e.ConsumerID, e.EnvelopeID))
 				}
 			}
 			return nil

@@ -137,10 +137,10 @@ func TestPutKeyLayout(t *testing.T) {
 	}
 	want := map[string]bool{
 		string(primary): false,
-		"va\x00" + agentA + "\x00" + string(id[:]): false,
-		"vc\x00" + consC1 + "\x00" + string(id[:]): false,
-		"vt\x00t1\x00" + string(id[:]):             false,
-		"w" + agentA + "\x00env-layout":            false,
+		"va\x00" + agentA + "\x00" + string(id[:]):                               false,
+		"vc\x00" + consC1 + "\x00" + string(id[:]):                               false,
+		"vt\x00t1\x00" + string(id[:]):                                           false,
+		string(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout")): false,
 	}
 	var stored Event
 	for _, x := range all {
@@ -187,7 +187,7 @@ func TestPutDedupWithinOneCommit(t *testing.T) {
 		if err != nil || !ok {
 			t.Errorf("staged Put: %v %v", ok, err)
 		}
-		if _, err := tx.Get(dedupKey(e.AgentID, "env-1")); err != nil {
+		if _, err := tx.Get(dedupKey(e.AgentID, e.ConsumerID, "env-1")); err != nil {
 			t.Errorf("marker not visible to the same transaction: %v", err)
 		}
 		return boom
@@ -939,5 +939,36 @@ func TestCountersRejectCorruptValues(t *testing.T) {
 		if err == nil {
 			t.Errorf("%s: CountOutcome added to a 3-byte counter", name)
 		}
+	}
+}
+
+// The dedup marker is per consumer and remembers the call's digest.
+func TestDedupIsPerConsumerAndKeepsTheDigest(t *testing.T) {
+	s := New(openDB(t), 0)
+	e := Event{TaskID: "t1", AgentID: "urn:asap:agent:a", ConsumerID: "urn:asap:agent:alice", EnvelopeID: "env-1", Timestamp: time.Now()}
+	other := e
+	other.TaskID, other.ConsumerID = "t2", "urn:asap:agent:bob"
+	var first, second bool
+	if err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		var err error
+		if first, err = s.PutCall(tx, &e, "env-1", []byte("digest-a")); err != nil {
+			return err
+		}
+		second, err = s.PutCall(tx, &other, "env-1", []byte("digest-b"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !first || !second {
+		t.Fatalf("two consumers, one envelope id: metered %v and %v, want both", first, second)
+	}
+	for _, c := range []struct{ consumer, digest string }{{"urn:asap:agent:alice", "digest-a"}, {"urn:asap:agent:bob", "digest-b"}} {
+		d, ok, err := s.Seen("urn:asap:agent:a", c.consumer, "env-1")
+		if err != nil || !ok || string(d) != c.digest {
+			t.Fatalf("Seen(%s) = %q, %v, %v; want %q", c.consumer, d, ok, err, c.digest)
+		}
+	}
+	if _, ok, err := s.Seen("urn:asap:agent:a", "urn:asap:agent:carol", "env-1"); ok || err != nil {
+		t.Fatalf("Seen for a consumer that never sent it: %v, %v", ok, err)
 	}
 }

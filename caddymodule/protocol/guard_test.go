@@ -160,6 +160,10 @@ func TestExactMemberNames(t *testing.T) {
 	env := `{"id":"e\u0031","asap_version":"0.1","timestamp":"2026-11-26T01:00:00Z","sender":"urn:asap:agent:\u0063lient","recipient":"urn:asap:agent:research","payload_type":"task.response","payload":{"a":1},"correlation_id":"c\"1","trace_id":"t1","requires_ack":true,"extensions":{"x":null}}`
 	req, _ = ParseRequest([]byte(call(env)), Limits{})
 	c := req.Calls[0]
+	if string(c.Envelope.Raw) != env {
+		t.Fatalf("envelope Raw = %s, want the object as received", c.Envelope.Raw)
+	}
+	c.Envelope.Raw = nil
 	want := Envelope{ID: "e1", ASAPVersion: "0.1", Timestamp: "2026-11-26T01:00:00Z", Sender: "urn:asap:agent:client", Recipient: "urn:asap:agent:research",
 		PayloadType: "task.response", Payload: json.RawMessage(`{"a":1}`), CorrelationID: `c"1`, TraceID: "t1", RequiresAck: true, Extensions: json.RawMessage(`{"x":null}`)}
 	if c.Err != nil || fmt.Sprint(c.Envelope) != fmt.Sprint(want) {

@@ -74,6 +74,9 @@ type Envelope struct {
 	TraceID       string          `json:"trace_id"`
 	RequiresAck   bool            `json:"requires_ack"`
 	Extensions    json.RawMessage `json:"extensions"`
+	// Raw is the envelope object exactly as received: a retry under the
+	// same id is recognised by its digest.
+	Raw json.RawMessage `json:"-"`
 }
 
 // Type is the envelope's payload type in canonical form.
@@ -373,6 +376,7 @@ func envelopeField(name []byte) int {
 // decodeEnvelope fills e from raw, a JSON object, reading each member by
 // its exact name. The string members share one allocation.
 func decodeEnvelope(raw []byte, e *Envelope) *Error {
+	e.Raw = raw
 	var vals [envFields][]byte
 	var buf [16][]byte
 	names := buf[:0]
