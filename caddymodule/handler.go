@@ -114,7 +114,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				return h.reject(w, http.StatusForbidden, delegationError(rej).JSON())
 			}
 		}
-		return next.ServeHTTP(w, r)
+		return h.serveWebSocket(w, r, next)
 	case wrongMethod:
 		w.Header().Set("Allow", http.MethodPost)
 		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",

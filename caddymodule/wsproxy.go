@@ -1,0 +1,453 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+// WebSocket limits. A socket holds at most wsMaxPending calls the agent
+// has not answered; past that the sidecar stops reading the client, so a
+// client that sends without reading cannot grow memory.
+var (
+	wsHandshakeTimeout = 10 * time.Second
+	wsIdleTimeout      = 5 * time.Minute
+	wsMaxPending       = 64
+	// wsMaxAgentMessage bounds one message from the agent.
+	wsMaxAgentMessage int64 = 16 << 20
+)
+
+// wsCall is a call forwarded on a socket and not yet answered.
+type wsCall struct {
+	call    protocol.Call
+	grant   grant
+	id      callIdentity
+	started time.Time
+}
+
+// wsSession is one client socket proxied frame by frame to the agent.
+// Every client text frame takes the same path as a POST body: parse,
+// authorize with the handshake's chain (re-verified per frame), refuse
+// reused ids, forward; answers are matched by id and recorded like HTTP
+// answers.
+type wsSession struct {
+	h      *Handler
+	r      *http.Request // the handshake: its token authorizes each frame
+	db     *storage.DB
+	client *websocket.Conn
+	agent  *websocket.Conn
+
+	mu      sync.Mutex
+	pending map[string]*wsCall
+	slots   chan struct{} // one per pending call
+	last    atomic.Int64  // unix nanos of the last frame either way
+
+	subscribed atomic.Bool
+	notifyOnce sync.Once
+}
+
+// serveWebSocket dials the agent through the route, accepts the client
+// and proxies frames until either side closes.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	db, err := h.store.Wait(r.Context(), storeWait)
+	if err != nil {
+		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
+			"the sidecar's storage is not available; retry later").JSON())
+	}
+	dialCtx, cancel := context.WithTimeout(r.Context(), wsHandshakeTimeout)
+	defer cancel()
+	agent, resp, err := websocket.Dial(dialCtx, "ws://"+r.Host+r.URL.RequestURI(), &websocket.DialOptions{
+		HTTPClient:      &http.Client{Transport: routeTransport{next: next, base: r}},
+		HTTPHeader:      forwardedHandshakeHeaders(r.Header),
+		Subprotocols:    headerTokens(r.Header, "Sec-WebSocket-Protocol"),
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		status := http.StatusBadGateway
+		if resp != nil && resp.StatusCode >= 400 {
+			status = resp.StatusCode // the agent refused the handshake
+		}
+		h.logger.Warn("agent refused or did not answer the WebSocket handshake", zap.Int("status", status), zap.Error(err))
+		return writeJSON(w, status, protocol.NewError(protocol.CodeConnectionError, "agent_unreachable",
+			"the agent did not accept the WebSocket connection; retry later").JSON())
+	}
+	defer agent.CloseNow()
+	var subprotocols []string
+	if p := agent.Subprotocol(); p != "" {
+		subprotocols = []string{p}
+	}
+	client, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: subprotocols,
+		// The agent saw the Origin and accepted: its policy applies.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		agent.Close(websocket.StatusGoingAway, "client handshake failed")
+		return nil // Accept answered the client
+	}
+	defer client.CloseNow()
+	client.SetReadLimit(int64(h.MaxBody))
+	agent.SetReadLimit(wsMaxAgentMessage)
+
+	s := &wsSession{h: h, r: r, db: db, client: client, agent: agent,
+		pending: map[string]*wsCall{}, slots: make(chan struct{}, wsMaxPending)}
+	s.touch()
+	ctx, stop := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer stop()
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		defer stop()
+		s.pumpAgent(ctx)
+	}()
+	go s.watchIdle(ctx, stop)
+	s.pumpClient(ctx)
+	stop()
+	<-agentDone
+	s.failPending()
+	return nil
+}
+
+// forwardedHandshakeHeaders are the client's handshake headers the agent
+// gets; the WebSocket handshake's own headers are the sidecar's.
+func forwardedHandshakeHeaders(in http.Header) http.Header {
+	out := in.Clone()
+	for _, k := range []string{"Connection", "Upgrade", "Sec-Websocket-Key", "Sec-Websocket-Version",
+		"Sec-Websocket-Extensions", "Sec-Websocket-Protocol", "Sec-Websocket-Accept", "Content-Length", "Transfer-Encoding"} {
+		out.Del(k)
+	}
+	return out
+}
+
+func headerTokens(h http.Header, name string) []string {
+	var out []string
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
+func (s *wsSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// watchIdle closes a socket with no frames either way and nothing
+// pending for wsIdleTimeout.
+func (s *wsSession) watchIdle(ctx context.Context, stop context.CancelFunc) {
+	t := time.NewTimer(wsIdleTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle := time.Since(time.Unix(0, s.last.Load()))
+		s.mu.Lock()
+		busy := len(s.pending) > 0
+		s.mu.Unlock()
+		if idle >= wsIdleTimeout && !busy {
+			s.client.Close(websocket.StatusGoingAway, "idle")
+			s.agent.Close(websocket.StatusGoingAway, "client idle")
+			stop()
+			return
+		}
+		t.Reset(max(wsIdleTimeout-idle, time.Millisecond))
+	}
+}
+
+// pumpClient reads client frames until the client goes away.
+func (s *wsSession) pumpClient(ctx context.Context) {
+	for {
+		typ, msg, err := s.client.Read(ctx)
+		if err != nil {
+			// Too large a frame: coder/websocket already closed with 1009.
+			if code := websocket.CloseStatus(err); code != -1 {
+				s.agent.Close(websocket.StatusNormalClosure, "client closed")
+			}
+			return
+		}
+		s.touch()
+		if typ != websocket.MessageText {
+			s.client.Close(websocket.StatusUnsupportedData, "binary frames are not forwarded; send JSON-RPC as text")
+			return
+		}
+		if !s.frame(ctx, msg) {
+			return
+		}
+	}
+}
+
+// frame checks one client frame and forwards what passes. It returns
+// false when the socket is done.
+func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
+	h := s.h
+	req, perr := protocol.ParseRequest(msg, h.limits)
+	if perr != nil {
+		h.rejected.Add(1)
+		return s.send(ctx, perr.JSON())
+	}
+	if !req.Batch {
+		if answer, ok := s.slaControl(ctx, &req.Calls[0]); ok {
+			return s.send(ctx, answer)
+		}
+	}
+	s.refusePendingIDs(req)
+	grants := h.authorize(s.r, req)
+	ids := h.refuseReusedIDs(s.db, req, grants)
+	if !req.Forwardable() {
+		h.rejected.Add(1)
+		return s.send(ctx, localAnswer(req))
+	}
+	if req.Batch {
+		if refused := refusedAnswers(req); refused != nil {
+			if !s.send(ctx, refused) {
+				h.releaseIdentities(ids)
+				releaseUnanswered(grants)
+				return false
+			}
+		}
+	}
+	// Take a slot per call first: a client that does not read its
+	// answers is stopped here, not buffered.
+	now := time.Now()
+	var calls []*wsCall
+	for i := range req.Calls {
+		c := req.Calls[i]
+		if c.Err != nil {
+			continue
+		}
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			for _, wc := range calls {
+				<-s.slots
+				wc.grant.reservation.Release()
+				h.releaseIdentities([]callIdentity{wc.id})
+			}
+			return false
+		}
+		wc := &wsCall{call: c, grant: grants[i], started: now}
+		if ids != nil {
+			wc.id = ids[i]
+		}
+		calls = append(calls, wc)
+	}
+	s.mu.Lock()
+	for _, wc := range calls {
+		s.pending[wc.call.Key] = wc
+	}
+	s.mu.Unlock()
+	forward, _ := forwardBody(req, msg)
+	if err := s.agent.Write(ctx, websocket.MessageText, forward); err != nil {
+		h.logger.Warn("writing to the agent's socket", zap.Error(err))
+		return false // failPending records the calls
+	}
+	return true
+}
+
+// refusePendingIDs refuses calls whose id is already pending on this
+// socket: their answers could not be told apart.
+func (s *wsSession) refusePendingIDs(req *protocol.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range req.Calls {
+		c := &req.Calls[i]
+		if c.Err != nil {
+			continue
+		}
+		if _, busy := s.pending[c.Key]; busy {
+			c.Err = protocol.NewError(protocol.CodeInvalidRequest, "duplicate_id",
+				"a call with this id is still pending on this socket; wait for its answer or use another id").WithID(c.ID)
+		}
+	}
+}
+
+// refusedAnswers is the batch of errors for the refused calls of a batch
+// that is partly forwarded, or nil when none was refused.
+func refusedAnswers(req *protocol.Request) []byte {
+	var objs []any
+	for _, c := range req.Calls {
+		if c.Err != nil {
+			objs = append(objs, c.Err.Object())
+		}
+	}
+	if objs == nil {
+		return nil
+	}
+	b, _ := json.Marshal(objs)
+	return b
+}
+
+// slaControl answers sla.subscribe and sla.unsubscribe itself, as the
+// reference server does on its socket.
+func (s *wsSession) slaControl(ctx context.Context, c *protocol.Call) ([]byte, bool) {
+	if c.ID == nil {
+		return nil, false
+	}
+	var result string
+	switch c.Method {
+	case "sla.subscribe":
+		s.subscribed.Store(true)
+		s.notifyOnce.Do(func() { go s.pushNotifications(ctx) })
+		result = `{"subscribed":true}`
+	case "sla.unsubscribe":
+		s.subscribed.Store(false)
+		result = `{"unsubscribed":true}`
+	default:
+		return nil, false
+	}
+	return []byte(`{"jsonrpc":"2.0","result":` + result + `,"id":` + string(c.ID) + `}`), true
+}
+
+// pushNotifications sends sla.breach and sla.resolved while subscribed.
+// The feed drops notices a slow socket cannot take, so it never grows.
+func (s *wsSession) pushNotifications(ctx context.Context) {
+	notices, cancel := slaService{s.h.app, s.h}.Subscribe()
+	defer cancel()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n, ok := <-notices:
+			if !ok {
+				return
+			}
+			if s.subscribed.Load() && !s.send(ctx, n.JSON) {
+				return
+			}
+		}
+	}
+}
+
+func (s *wsSession) send(ctx context.Context, b []byte) bool {
+	return s.client.Write(ctx, websocket.MessageText, b) == nil
+}
+
+// pumpAgent reads the agent's messages, records the calls they answer and
+// passes them on unchanged.
+func (s *wsSession) pumpAgent(ctx context.Context) {
+	for {
+		typ, msg, err := s.agent.Read(ctx)
+		if err != nil {
+			code := websocket.CloseStatus(err)
+			switch {
+			case code == websocket.StatusNormalClosure || code == websocket.StatusGoingAway:
+				s.client.Close(code, "agent closed")
+			case ctx.Err() == nil:
+				s.h.logger.Warn("agent's socket broke", zap.Error(err))
+				s.client.Close(websocket.StatusInternalError, "the agent's connection broke")
+			}
+			return
+		}
+		s.touch()
+		if typ == websocket.MessageText {
+			if err := s.answered(ctx, msg); err != nil {
+				s.h.logger.Error("task records not stored; closing the socket so the client does not take an unrecorded answer", zap.Error(err))
+				s.client.Close(websocket.StatusInternalError, "the answer could not be recorded")
+				return
+			}
+		}
+		if err := s.client.Write(ctx, typ, msg); err != nil {
+			return
+		}
+	}
+}
+
+// answered records the calls msg answers. With strict durability it
+// returns once their records are stored, before the client sees them.
+func (s *wsSession) answered(ctx context.Context, msg []byte) error {
+	replies, err := protocol.ParseResponse(msg)
+	if err != nil {
+		return nil // not an answer: a notification of the agent's own
+	}
+	var done []*wsCall
+	s.mu.Lock()
+	for _, rep := range replies {
+		if wc, ok := s.pending[rep.Key]; ok && rep.Key != "" {
+			delete(s.pending, rep.Key)
+			done = append(done, wc)
+		}
+	}
+	s.mu.Unlock()
+	if len(done) == 0 {
+		return nil
+	}
+	defer func() {
+		for range done {
+			<-s.slots
+		}
+	}()
+	return s.record(ctx, done, outcome{replies: replies, status: http.StatusOK, httpCode: http.StatusOK})
+}
+
+// failPending records the calls the agent never answered as failed and
+// gives back their delegation slots, as for an unreachable agent.
+func (s *wsSession) failPending() {
+	s.mu.Lock()
+	var done []*wsCall
+	for k, wc := range s.pending {
+		done = append(done, wc)
+		delete(s.pending, k)
+	}
+	s.mu.Unlock()
+	if len(done) == 0 {
+		return
+	}
+	for _, wc := range done {
+		wc.grant.reservation.Release()
+	}
+	out := outcome{failAll: true, noAnswer: true, status: http.StatusBadGateway, httpCode: http.StatusBadGateway}
+	ctx, cancel := context.WithTimeout(context.Background(), storeWait)
+	defer cancel()
+	if err := s.record(ctx, done, out); err != nil {
+		s.h.logger.Error("records of unanswered WebSocket calls not stored", zap.Int("calls", len(done)), zap.Error(err))
+	}
+}
+
+// record runs the HTTP path's accounting for calls answered (or not) on
+// the socket: SLA sample, usage, counters, audit and delegation counts.
+func (s *wsSession) record(ctx context.Context, calls []*wsCall, out outcome) error {
+	h := s.h
+	req := &protocol.Request{Batch: true, Calls: make([]protocol.Call, len(calls))}
+	grants := make([]grant, len(calls))
+	ids := make([]callIdentity, len(calls))
+	started := calls[0].started
+	for i, wc := range calls {
+		req.Calls[i], grants[i], ids[i] = wc.call, wc.grant, wc.id
+		if wc.started.Before(started) {
+			started = wc.started
+		}
+	}
+	elapsed := time.Since(started)
+	h.observe(req, out, elapsed)
+	recs := h.account(req, grants, ids, out, started, elapsed)
+	if len(recs) == 0 {
+		h.releaseIdentities(ids)
+		return nil
+	}
+	pending := h.persist(s.db, recs, ids)
+	if h.durability != storage.Strict {
+		return nil
+	}
+	err := pending.Wait(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
