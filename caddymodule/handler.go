@@ -149,8 +149,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
 			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
 	}
-	grants := h.authorize(r, req)
-	ids := h.refuseReusedIDs(db, req, grants)
+	grants, ids := h.admit(r, db, req)
 	handedOver := false
 	defer func() {
 		if !handedOver {
@@ -207,6 +206,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	cw.status, cw.wroteHeader = out.status, true
 	cw.Header().Set("Content-Type", "application/json")
 	return cw.release(out.replace)
+}
+
+// admit runs the checks every call passes before it may reach the agent,
+// whatever carries it (POST body, batch, WebSocket frame): the delegation
+// policy with the request's chain, then envelope-id reuse. Refused calls
+// get their error; accepted ones hold delegation slots (grants) and a
+// claim on their id (ids), which the caller records or releases.
+func (h *Handler) admit(r *http.Request, db *storage.DB, req *protocol.Request) ([]grant, []callIdentity) {
+	grants := h.authorize(r, req)
+	return grants, h.refuseReusedIDs(db, req, grants)
 }
 
 // serveNext calls the next handler. reverse_proxy aborts with

@@ -208,8 +208,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 		}
 	}
 	s.refusePendingIDs(req)
-	grants := h.authorize(s.r, req)
-	ids := h.refuseReusedIDs(s.db, req, grants)
+	grants, ids := h.admit(s.r, s.db, req)
 	if !req.Forwardable() {
 		h.rejected.Add(1)
 		return s.send(ctx, localAnswer(req))
