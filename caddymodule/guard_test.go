@@ -507,3 +507,20 @@ func TestEnvelopeIDReuse(t *testing.T) {
 		t.Fatalf("%d usage events for the contested id, want 1", n)
 	}
 }
+
+// An agent's task id with control characters never becomes a storage
+// key: the task is recorded under its envelope id, as failed.
+func TestAgentTaskIDWithControlCharacters(t *testing.T) {
+	answer := strings.Replace(agentAnswer, `"task_id":"task_1"`, `"task_id":"task\u0000evil"`, 1)
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", answer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	if resp, b := post(t, s.url+"/asap", rpc("r1", envelope("01JTASKCTRL000000000000001", "echo", `{}`))); resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	ev, ok := usageEvents(t, runningDB(t))["01JTASKCTRL000000000000001"]
+	if !ok || ev.TaskID != "01JTASKCTRL000000000000001" || ev.Status != "failed" {
+		t.Fatalf("event %+v (found %v), want it under the envelope id, failed", ev, ok)
+	}
+}

@@ -57,12 +57,13 @@ func (h *Handler) account(req *protocol.Request, grants []grant, ids []callIdent
 		}
 		rep, _ := replyFor(req, &c, out.replies)
 		rec.failed = callFailed(req, &c, out)
+		// A failed call is failed whatever status its payload claims, so
+		// the event and the outcome counters agree.
 		status := rep.Status
 		switch {
-		case status != "":
 		case rec.failed:
 			status = protocol.StatusFailed
-		default:
+		case status == "":
 			status = protocol.StatusCompleted
 		}
 		taskID := rep.TaskID

@@ -15,6 +15,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 )
 
 // wsAgent is a WebSocket agent stand-in: it records every frame it gets
@@ -310,6 +311,14 @@ func TestWebSocketSLASubscription(t *testing.T) {
 	conn := dialWS(t, s, "")
 	if msg := exchange(t, conn, `{"jsonrpc":"2.0","method":"sla.subscribe","params":{},"id":1}`); string(msg) != `{"jsonrpc":"2.0","result":{"subscribed":true},"id":1}` {
 		t.Fatalf("subscribe: %s", msg)
+	}
+	// A breach reaches the subscribed socket.
+	hub.publish(Notification{JSONRPC: "2.0", Method: "sla.breach", Params: NotificationParams{Breach: sla.Breach{ID: "brk_ws", AgentID: "urn:asap:agent:demo"}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, msg, err := conn.Read(ctx)
+	if err != nil || !strings.Contains(string(msg), `"method":"sla.breach"`) || !strings.Contains(string(msg), `"brk_ws"`) {
+		t.Fatalf("breach notification: %s %v", msg, err)
 	}
 	if msg := exchange(t, conn, `{"jsonrpc":"2.0","method":"sla.unsubscribe","id":"u"}`); string(msg) != `{"jsonrpc":"2.0","result":{"unsubscribed":true},"id":"u"}` {
 		t.Fatalf("unsubscribe: %s", msg)

@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -303,7 +304,12 @@ func (s *wsSession) slaControl(ctx context.Context, c *protocol.Call) ([]byte, b
 	switch c.Method {
 	case "sla.subscribe":
 		s.subscribed.Store(true)
-		s.notifyOnce.Do(func() { go s.pushNotifications(ctx) })
+		s.notifyOnce.Do(func() {
+			// Subscribed before the answer goes out: no breach after it
+			// is missed.
+			notices, cancel := slaService{s.h.app, s.h}.Subscribe()
+			go s.pushNotifications(ctx, notices, cancel)
+		})
 		result = `{"subscribed":true}`
 	case "sla.unsubscribe":
 		s.subscribed.Store(false)
@@ -316,8 +322,7 @@ func (s *wsSession) slaControl(ctx context.Context, c *protocol.Call) ([]byte, b
 
 // pushNotifications sends sla.breach and sla.resolved while subscribed.
 // The feed drops notices a slow socket cannot take, so it never grows.
-func (s *wsSession) pushNotifications(ctx context.Context) {
-	notices, cancel := slaService{s.h.app, s.h}.Subscribe()
+func (s *wsSession) pushNotifications(ctx context.Context, notices <-chan api.Notice, cancel func()) {
 	defer cancel()
 	for {
 		select {
