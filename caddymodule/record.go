@@ -37,7 +37,8 @@ type callRecord struct {
 // account builds one record per forwarded call of req that has anything
 // to write: usage and counters, audit entries, or delegation counts.
 func (h *Handler) account(req *protocol.Request, grants []grant, ids []callIdentity, out outcome, started time.Time, elapsed time.Duration) []callRecord {
-	now := time.Now().UTC()
+	// Microseconds: every timestamp the APIs answer parses in any Python.
+	now := time.Now().UTC().Truncate(time.Microsecond)
 	recs := make([]callRecord, 0, len(req.Calls))
 	for i, c := range req.Calls {
 		if c.Err != nil {
@@ -149,7 +150,7 @@ func (h *Handler) taskTrail(env *protocol.Envelope, g grant, rec callRecord, out
 		base["root_issuer"] = g.chain.Root().Claims.Issuer
 	}
 	startedDetails := clone(base)
-	startedDetails["started_at"] = started.UTC().Format(time.RFC3339Nano)
+	startedDetails["started_at"] = started.UTC().Format(audit.TimeFormat)
 	finished := clone(base)
 	finished["status"] = status
 	finished["http_status"] = out.httpCode

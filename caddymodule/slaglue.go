@@ -105,9 +105,9 @@ func (s *alertSink) record(tx *storage.Tx, ev sla.Event) error {
 	}
 	b := ev.Breach
 	d := map[string]any{"breach_id": b.ID, "breach_type": b.BreachType, "threshold": b.Threshold, "actual": b.Actual,
-		"severity": b.Severity, "detected_at": b.DetectedAt.Format(time.RFC3339Nano)}
+		"severity": b.Severity, "detected_at": b.DetectedAt.UTC().Format(audit.TimeFormat)}
 	if b.ResolvedAt != nil {
-		d["resolved_at"] = b.ResolvedAt.Format(time.RFC3339Nano)
+		d["resolved_at"] = b.ResolvedAt.UTC().Format(audit.TimeFormat)
 	}
 	_, err := s.audit.Append(tx, time.Now(), audit.Record{Operation: op, AgentURN: b.AgentID, Details: d})
 	return err

@@ -153,7 +153,7 @@ func TestEntryHashFollowsSpec(t *testing.T) {
 		t.Fatal(got, err)
 	}
 	e := got[0]
-	if e.Timestamp != "2026-11-26T01:02:03.000004000Z" || e.PrevHash != "" || e.Seq != 0 {
+	if e.Timestamp != "2026-11-26T01:02:03.000004Z" || e.PrevHash != "" || e.Seq != 0 {
 		t.Fatalf("entry = %+v", e)
 	}
 	// SPEC §6, computed by hand: JCS sorts keys and drops whitespace.
@@ -161,7 +161,7 @@ func TestEntryHashFollowsSpec(t *testing.T) {
 	if string(e.Details) != canon {
 		t.Fatalf("details %s, want canonical %s", e.Details, canon)
 	}
-	sum := sha256.Sum256([]byte("|2026-11-26T01:02:03.000004000Z|usage.recorded|" + canon))
+	sum := sha256.Sum256([]byte("|2026-11-26T01:02:03.000004Z|usage.recorded|" + canon))
 	if e.Hash != hex.EncodeToString(sum[:]) {
 		t.Fatalf("hash %s, want %x", e.Hash, sum)
 	}

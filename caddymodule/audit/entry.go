@@ -27,8 +27,10 @@ const (
 )
 
 // TimeFormat is how an entry's timestamp is written, in the entry and in
-// the hashed string alike: RFC 3339, UTC, always nine fractional digits.
-const TimeFormat = "2006-01-02T15:04:05.000000000Z"
+// the hashed string alike: RFC 3339, UTC, always six fractional digits —
+// the most every Python client parses (datetime.fromisoformat before 3.11
+// and older pydantic refuse nine).
+const TimeFormat = "2006-01-02T15:04:05.000000Z"
 
 // Entry is one audit log entry.
 type Entry struct {

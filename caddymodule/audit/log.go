@@ -108,7 +108,8 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 			return nil, fmt.Errorf("audit: head range is corrupt: %w", err)
 		}
 	}
-	now = now.UTC()
+	// Microseconds are what the entry keeps: order is judged on them.
+	now = now.UTC().Truncate(time.Microsecond)
 	if last, err := time.Parse(TimeFormat, h.Last); err == nil && now.Before(last) {
 		now = last
 	}
