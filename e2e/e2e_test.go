@@ -180,7 +180,8 @@ func TestKill9KeepsEveryAnsweredRecord(t *testing.T) {
 			}
 		}(w)
 	}
-	time.Sleep(700 * time.Millisecond)
+	// Kill mid-traffic, once a good number of answers are out.
+	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(answered) >= 50 })
 	s.stop(syscall.SIGKILL)
 	close(stop)
 	wg.Wait()
@@ -220,7 +221,8 @@ func TestKill9KeepsEveryAnsweredRecord(t *testing.T) {
 }
 
 func TestSIGTERMFinishesInFlightCalls(t *testing.T) {
-	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo")
+	agent, arrived := countingAgent(t)
+	s := newSidecar(t, agent, "agent urn:asap:agent:demo")
 	var wg sync.WaitGroup
 	errs := make(chan error, 5)
 	for i := 0; i < 5; i++ {
@@ -233,7 +235,8 @@ func TestSIGTERMFinishesInFlightCalls(t *testing.T) {
 			}
 		}(i)
 	}
-	time.Sleep(150 * time.Millisecond) // all five are in flight
+	// All five reached the agent, which sleeps 500 ms on each.
+	waitUntil(t, func() bool { return arrived.Load() == 5 })
 	s.stop(syscall.SIGTERM)
 	wg.Wait()
 	close(errs)
