@@ -267,20 +267,23 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 		}
 		return
 	}
-	var strict []*pending
-	relaxed := false
+	var strict, relaxed []*pending
 	for _, p := range writers {
 		if p.durability == Strict {
 			strict = append(strict, p)
 		} else {
-			relaxed = true
-			p.finish(nil)
+			relaxed = append(relaxed, p)
 		}
 	}
-	if relaxed {
+	if len(relaxed) > 0 {
+		// Marked before the writers are released, so the first flush
+		// after their release syncs them.
 		db.dirtyMu.Lock()
 		db.dirty = true
 		db.dirtyMu.Unlock()
+		for _, p := range relaxed {
+			p.finish(nil)
+		}
 	}
 	if len(strict) > 0 {
 		// The syncer makes them durable while this loop goes on
@@ -309,8 +312,9 @@ func (db *DB) syncLoop() {
 				break gather
 			}
 		}
-		// Every group here was committed before this Sync starts.
-		err := db.bdb.Sync()
+		// Every group here was committed before this Sync starts, and
+		// none is released before it returns.
+		err := db.syncFn()
 		if err != nil {
 			db.logger.Error("syncing committed writes", zap.Error(err))
 			err = fmt.Errorf("storage: sync: %w", err)

@@ -51,6 +51,28 @@ type DB struct {
 	// dirty is set when relaxed writes were committed but not yet synced.
 	dirtyMu sync.Mutex
 	dirty   bool
+	// syncFn makes everything committed so far durable: Badger's Sync,
+	// unless a test in this package replaced it (see deps).
+	syncFn func() error
+	// flushTicker starts the flush loop's ticker.
+	flushTicker func(time.Duration) (<-chan time.Time, func())
+}
+
+// deps are what the pipeline depends on outside itself: the fsync and the
+// clock of the flush loop. Open uses the real ones; tests in this package
+// pass fakes to open so that durability is proven, not assumed.
+type deps struct {
+	// sync replaces Badger's Sync; it gets the Badger handle so that a
+	// fake can observe what is committed or call the real Sync.
+	sync func(bdb *badger.DB) error
+	// flushTicker returns the channel the flush loop wakes up on, for a
+	// period of FlushInterval, and a function that stops it.
+	flushTicker func(period time.Duration) (<-chan time.Time, func())
+}
+
+func realTicker(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTicker(d)
+	return t.C, t.Stop
 }
 
 // ErrClosed is returned by writes submitted after Close.
@@ -63,7 +85,9 @@ var ErrNotFound = badger.ErrKeyNotFound
 // commit pipeline. Badger holds a lock on the directory until Close, so a
 // second Open of the same directory in another process fails with a clear
 // error.
-func Open(opts Options) (*DB, error) {
+func Open(opts Options) (*DB, error) { return open(opts, deps{}) }
+
+func open(opts Options, d deps) (*DB, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("storage: no directory given; set the storage option")
 	}
@@ -116,6 +140,15 @@ func Open(opts Options) (*DB, error) {
 		queue:  make(chan *pending, 4*opts.MaxBatch),
 		syncQ:  make(chan []*pending, 1024),
 		stop:   make(chan struct{}),
+
+		syncFn:      bdb.Sync,
+		flushTicker: realTicker,
+	}
+	if d.sync != nil {
+		db.syncFn = func() error { return d.sync(bdb) }
+	}
+	if d.flushTicker != nil {
+		db.flushTicker = d.flushTicker
 	}
 	db.done.Add(4)
 	go db.commitLoop()
@@ -139,7 +172,7 @@ func (db *DB) Close() error {
 	close(db.stop)
 	db.closeMu.Unlock()
 	db.done.Wait()
-	syncErr := db.bdb.Sync()
+	syncErr := db.syncFn()
 	closeErr := db.bdb.Close()
 	return errors.Join(syncErr, closeErr)
 }
@@ -150,25 +183,32 @@ func (db *DB) View(fn func(r *Reader) error) error {
 }
 
 // Sync forces everything committed so far to disk.
-func (db *DB) Sync() error { return db.bdb.Sync() }
+func (db *DB) Sync() error { return db.syncFn() }
 
 func (db *DB) flushLoop() {
 	defer db.done.Done()
-	t := time.NewTicker(db.opts.FlushInterval)
-	defer t.Stop()
+	ticks, stop := db.flushTicker(db.opts.FlushInterval)
+	defer stop()
 	for {
 		select {
 		case <-db.stop:
 			return
-		case <-t.C:
+		case <-ticks:
 			db.dirtyMu.Lock()
 			dirty := db.dirty
 			db.dirty = false
 			db.dirtyMu.Unlock()
-			if dirty {
-				if err := db.bdb.Sync(); err != nil {
-					db.logger.Error("syncing relaxed writes", zap.Error(err))
-				}
+			if !dirty {
+				continue
+			}
+			// The flag is cleared before the sync starts, so a relaxed
+			// commit landing during it marks the next tick's sync.
+			if err := db.syncFn(); err != nil {
+				db.logger.Error("syncing relaxed writes", zap.Error(err))
+				// Not durable yet: the next tick tries again.
+				db.dirtyMu.Lock()
+				db.dirty = true
+				db.dirtyMu.Unlock()
 			}
 		}
 	}

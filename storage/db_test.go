@@ -57,7 +57,7 @@ func TestCommitIsVisibleAndDurableAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
 	db := openTest(t, dir)
 	key := SpaceTask.KeyString("urn:asap:agent:a", "env-1")
-	if err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	if err := db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		tx.Set(key, []byte("v1"))
 		return nil
 	}); err != nil {
@@ -82,7 +82,7 @@ func TestCommitIsVisibleAndDurableAcrossReopen(t *testing.T) {
 func TestFailingWriterLeavesNothingAndOthersCommit(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	boom := errors.New("boom")
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
@@ -114,7 +114,7 @@ func TestFailingWriterLeavesNothingAndOthersCommit(t *testing.T) {
 func TestPanickingWriterIsAnErrorAndPipelineSurvives(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	err := db.Commit(ctx, Strict, func(tx *Tx) error {
 		tx.Set([]byte("p"), []byte("x"))
 		panic("kaboom")
@@ -135,6 +135,7 @@ func TestCountersExactUnderConcurrency(t *testing.T) {
 	defer db.Close()
 	key := SpaceCounter.KeyString("agent", "tasks")
 	const workers, per = 64, 50
+	ctx := testCtx(t)
 	var wg sync.WaitGroup
 	seen := make(chan uint64, workers*per)
 	for w := 0; w < workers; w++ {
@@ -146,7 +147,7 @@ func TestCountersExactUnderConcurrency(t *testing.T) {
 				if i%2 == 1 {
 					d = Relaxed
 				}
-				err := db.Commit(context.Background(), d, func(tx *Tx) error {
+				err := db.Commit(ctx, d, func(tx *Tx) error {
 					n, err := tx.AddUint64(key, 1)
 					seen <- n
 					return err
@@ -177,7 +178,7 @@ func TestCountersExactUnderConcurrency(t *testing.T) {
 func TestReadsSeeOwnAndEarlierWritesOfTheGroup(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	err := db.Commit(ctx, Strict, func(tx *Tx) error {
 		tx.Set([]byte("k"), []byte("a"))
 		if v, err := tx.Get([]byte("k")); err != nil || string(v) != "a" {
@@ -207,7 +208,7 @@ func TestReadsSeeOwnAndEarlierWritesOfTheGroup(t *testing.T) {
 func TestCorruptCounterIsAnError(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	key := []byte("c")
 	_ = db.Commit(ctx, Strict, func(tx *Tx) error { tx.Set(key, []byte("xyz")); return nil })
 	err := db.Commit(ctx, Strict, func(tx *Tx) error { _, err := tx.AddUint64(key, 1); return err })
@@ -216,38 +217,83 @@ func TestCorruptCounterIsAnError(t *testing.T) {
 	}
 }
 
+// SetWithTTL hands Badger an expiry of commit time + ttl, which Badger keeps
+// in whole Unix seconds (truncated) and treats as expired once the clock
+// reaches it. So a 1-second key may already be gone right after its commit
+// (committed at x.999 s, it expires at x+1 s): the test reads the stored
+// expiry instead of racing it, then waits for the clock to pass it.
 func TestTTLExpires(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	before := time.Now()
+	err := db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		tx.SetWithTTL([]byte("short"), []byte("x"), time.Second)
 		tx.SetWithTTL([]byte("long"), []byte("y"), time.Hour)
+		tx.SetWithTTL([]byte("never"), []byte("z"), 0)
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := get(t, db, []byte("short")); err != nil {
-		t.Fatalf("fresh TTL key: %v", err)
+	after := time.Now()
+	expires := storedExpiry(t, db)
+	for k, ttl := range map[string]time.Duration{"short": time.Second, "long": time.Hour} {
+		lo, hi := uint64(before.Add(ttl).Unix()), uint64(after.Add(ttl).Unix())
+		if got, ok := expires[k]; !ok || got < lo || got > hi {
+			t.Fatalf("%s: stored expiry %d (present %v), want commit time + %v in [%d, %d]", k, got, ok, ttl, lo, hi)
+		}
 	}
-	// Badger TTLs have one-second resolution.
-	time.Sleep(2100 * time.Millisecond)
+	if got, ok := expires["never"]; !ok || got != 0 {
+		t.Fatalf("ttl 0: stored expiry %d (present %v), want none", got, ok)
+	}
+	// Badger's rule: expired once now (in whole seconds) >= expiry.
+	wait := time.Until(time.Unix(int64(expires["short"]), 0))
+	if wait > 2*time.Second {
+		t.Fatalf("short key expires in %v", wait)
+	}
+	time.Sleep(wait + 10*time.Millisecond)
 	if _, err := get(t, db, []byte("short")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("expired key still readable: %v", err)
 	}
-	if _, err := get(t, db, []byte("long")); err != nil {
-		t.Fatalf("long TTL key: %v", err)
+	for _, k := range []string{"long", "never"} {
+		if _, err := get(t, db, []byte(k)); err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
 	}
+}
+
+// storedExpiry returns Badger's expiry (Unix seconds, 0 for none) of every
+// key, expired or not.
+func storedExpiry(t *testing.T, db *DB) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	err := db.bdb.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.AllVersions = true // also yields expired entries
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := string(it.Item().KeyCopy(nil))
+			if _, seen := out[k]; !seen { // newest version first
+				out[k] = it.Item().ExpiresAt()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestRelaxedWritesAreSyncedByFlushLoop(t *testing.T) {
 	dir := t.TempDir()
 	db := openTest(t, dir)
 	p := db.Submit(Relaxed, func(tx *Tx) error { tx.Set([]byte("r"), []byte("1")); return nil })
-	if err := p.Wait(context.Background()); err != nil {
+	if err := p.Wait(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	<-p.Done()
+	within(t, p.Done(), "the relaxed write")
 	if p.Err() != nil {
 		t.Fatal(p.Err())
 	}
@@ -281,7 +327,7 @@ func TestRelaxedWritesAreSyncedByFlushLoop(t *testing.T) {
 func TestSubmitAfterCloseFails(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	db.Close()
-	err := db.Commit(context.Background(), Strict, func(tx *Tx) error { return nil })
+	err := db.Commit(testCtx(t), Strict, func(tx *Tx) error { return nil })
 	if !errors.Is(err, ErrClosed) {
 		t.Fatalf("want ErrClosed, got %v", err)
 	}
@@ -323,15 +369,15 @@ func TestWaitHonoursContext(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
 	release := make(chan struct{})
-	blocker := db.Submit(Strict, func(tx *Tx) error { <-release; return nil })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	blocker := db.Submit(Strict, func(tx *Tx) error { park(release); return nil })
+	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Millisecond)
 	defer cancel()
 	err := db.Commit(ctx, Strict, func(tx *Tx) error { return nil })
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want deadline exceeded, got %v", err)
 	}
 	close(release)
-	if err := blocker.Wait(context.Background()); err != nil {
+	if err := blocker.Wait(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -340,14 +386,14 @@ func TestOversizedWriteIsRejectedOthersCommit(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
 	big := bytes.Repeat([]byte("x"), int(db.bdb.MaxBatchSize()))
-	err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	err := db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		tx.Set([]byte("big"), big)
 		return nil
 	})
 	if err == nil || !strings.Contains(err.Error(), "exceeds the transaction limit") {
 		t.Fatalf("want limit error, got %v", err)
 	}
-	if err := db.Commit(context.Background(), Strict, func(tx *Tx) error { tx.Set([]byte("small"), []byte("1")); return nil }); err != nil {
+	if err := db.Commit(testCtx(t), Strict, func(tx *Tx) error { tx.Set([]byte("small"), []byte("1")); return nil }); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -360,12 +406,13 @@ func TestGroupLargerThanOneTransactionIsSplit(t *testing.T) {
 	// whole and every counter increment exactly once.
 	val := bytes.Repeat([]byte("v"), int(db.bdb.MaxBatchSize()/5))
 	ctr := []byte("ctr")
+	ctx := testCtx(t)
 	var wg sync.WaitGroup
 	for i := 0; i < 64; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+			err := db.Commit(ctx, Strict, func(tx *Tx) error {
 				tx.Set(SpaceTask.Key(EncodeUint64(uint64(i))), val)
 				_, err := tx.AddUint64(ctr, 1)
 				return err
@@ -398,7 +445,7 @@ func TestGroupLargerThanOneTransactionIsSplit(t *testing.T) {
 func TestScanOrderPrefixAndSeek(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	_ = db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	_ = db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		for i := 0; i < 5; i++ {
 			tx.Set(SpaceUsage.Key([]byte("a"), EncodeUint64(uint64(i))), []byte{byte(i)})
 		}
@@ -447,7 +494,7 @@ func TestScanOrderPrefixAndSeek(t *testing.T) {
 		t.Fatalf("scan error = %v", err)
 	}
 	// Tx.Scan sees committed data.
-	err = db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	err = db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		c := 0
 		err := tx.Scan(pa, false, func(k, v []byte) (bool, error) { c++; return true, nil })
 		if c != 5 {
@@ -502,11 +549,11 @@ func TestSubmitThenRunsOnceWithOutcome(t *testing.T) {
 	}
 	ok := db.SubmitThen(Relaxed, func(tx *Tx) error { tx.Set([]byte("a"), []byte("1")); return nil }, note("ok"))
 	bad := db.SubmitThen(Strict, func(tx *Tx) error { return boom }, note("bad"))
-	ok.Wait(context.Background())
-	bad.Wait(context.Background())
+	ok.Wait(testCtx(t))
+	bad.Wait(testCtx(t))
 	db.Close()
 	late := db.SubmitThen(Strict, func(tx *Tx) error { return nil }, note("late"))
-	late.Wait(context.Background())
+	late.Wait(testCtx(t))
 	mu.Lock()
 	defer mu.Unlock()
 	if len(got["ok"]) != 1 || got["ok"][0] != nil || len(got["bad"]) != 1 || !errors.Is(got["bad"][0], boom) ||

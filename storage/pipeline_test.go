@@ -51,10 +51,10 @@ func blockCommitLoop(t *testing.T, db *DB) (blocker *Pending, release func()) {
 	entered, gate := make(chan struct{}), make(chan struct{})
 	blocker = db.Submit(Relaxed, func(tx *Tx) error {
 		close(entered)
-		<-gate
+		park(gate)
 		return nil
 	})
-	<-entered
+	within(t, entered, "the commit loop to run the blocking writer")
 	var once sync.Once
 	return blocker, func() { once.Do(func() { close(gate) }) }
 }
@@ -108,7 +108,7 @@ func TestSyncPersistsRelaxedWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Commit(context.Background(), Relaxed, func(tx *Tx) error { tx.Set([]byte("k"), []byte("v")); return nil }); err != nil {
+	if err := db.Commit(testCtx(t), Relaxed, func(tx *Tx) error { tx.Set([]byte("k"), []byte("v")); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Sync(); err != nil {
@@ -130,15 +130,15 @@ func TestSyncPersistsRelaxedWrites(t *testing.T) {
 func TestStrictWaitsForSyncerRelaxedDoesNot(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	ctx := context.Background()
+	ctx := testCtx(t)
 
 	// The syncer runs the then-callback of strict writes: park it there.
 	inSyncer, release := make(chan struct{}), make(chan struct{})
 	first := db.SubmitThen(Strict, func(tx *Tx) error { tx.Set([]byte("s1"), []byte("1")); return nil }, func(err error) {
 		close(inSyncer)
-		<-release
+		park(release)
 	})
-	<-inSyncer
+	within(t, inSyncer, "the syncer to run the first write's callback")
 
 	// Relaxed: done at commit although the syncer is busy.
 	relaxedCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -183,9 +183,9 @@ func TestCloseDrainsTheSyncQueue(t *testing.T) {
 	inSyncer, release := make(chan struct{}), make(chan struct{})
 	first := db.SubmitThen(Strict, func(tx *Tx) error { tx.Set([]byte("a"), []byte("1")); return nil }, func(error) {
 		close(inSyncer)
-		<-release
+		park(release)
 	})
-	<-inSyncer
+	within(t, inSyncer, "the syncer to run the first write's callback")
 	second := db.Submit(Strict, func(tx *Tx) error { tx.Set([]byte("b"), []byte("2")); return nil })
 	waitFor(t, "the second group to reach the sync queue", func() bool { return len(db.syncQ) == 1 })
 
@@ -204,7 +204,7 @@ func TestCloseDrainsTheSyncQueue(t *testing.T) {
 		t.Fatal("queued strict write released before it was synced")
 	}
 	close(release)
-	if err := <-closed; err != nil {
+	if err := within(t, closed, "Close"); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	for i, p := range []*Pending{first, second} {
@@ -247,7 +247,7 @@ func TestCloseCommitsWritesStillQueued(t *testing.T) {
 		go func() { closed <- db.Close() }()
 		waitFor(t, "Close to start", func() bool { return isClosed(db) })
 		release()
-		if err := <-closed; err != nil {
+		if err := within(t, closed, "Close"); err != nil {
 			t.Fatalf("run %d: Close: %v", run, err)
 		}
 		for i, p := range append([]*Pending{blocker}, ps...) {
@@ -290,7 +290,7 @@ func TestWriterFailingOnRerunAfterSplit(t *testing.T) {
 		return nil
 	})
 	release()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	if err := a.Wait(ctx); err != nil {
 		t.Fatalf("first writer: %v", err)
 	}
@@ -333,7 +333,7 @@ func TestGroupIsSplitOnKeyCount(t *testing.T) {
 		return nil
 	})
 	release()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	for i, p := range ps {
 		if err := p.Wait(ctx); err != nil {
 			t.Fatalf("writer %d: %v", i, err)
@@ -380,7 +380,7 @@ func TestKeyBadgerRefusesFailsItsWriter(t *testing.T) {
 	})
 	after := db.Submit(Strict, func(tx *Tx) error { tx.Set([]byte("after"), []byte("1")); return nil })
 	release()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	if err := bad.Wait(ctx); err == nil || !strings.Contains(err.Error(), "over the limit") {
 		t.Fatalf("writer with a huge key: %v", err)
 	}
@@ -418,7 +418,7 @@ func TestInvalidKeyFailsOnlyItsOwnWriter(t *testing.T) {
 	before := db.Submit(Strict, func(tx *Tx) error { tx.Set([]byte("before"), []byte("1")); return nil })
 	bad := db.Submit(Strict, func(tx *Tx) error { tx.Set(hugeKey, []byte("1")); return nil })
 	release()
-	ctx := context.Background()
+	ctx := testCtx(t)
 	if err := bad.Wait(ctx); err == nil {
 		t.Fatal("huge key accepted")
 	}
@@ -434,7 +434,7 @@ func TestInvalidKeyFailsOnlyItsOwnWriter(t *testing.T) {
 func TestCounterOnInvalidKeyIsAnError(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	err := db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		_, err := tx.AddUint64([]byte{}, 1)
 		return err
 	})
@@ -459,7 +459,7 @@ func TestCommitErrorFailsTheGroupAndIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, release := blockCommitLoop(t, db)
-	ctx := context.Background()
+	ctx := testCtx(t)
 	var ps []*Pending
 	for i, d := range []Durability{Strict, Relaxed, Strict} {
 		k := []byte{'k', byte('0' + i)}
@@ -547,7 +547,7 @@ func TestBadgerLoggerLevels(t *testing.T) {
 func TestScanFromReverseBetweenKeys(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
-	_ = db.Commit(context.Background(), Strict, func(tx *Tx) error {
+	_ = db.Commit(testCtx(t), Strict, func(tx *Tx) error {
 		for _, i := range []uint64{10, 20, 30, 40} {
 			tx.Set(SpaceUsage.Key([]byte("a"), EncodeUint64(i)), []byte{byte(i)})
 		}
@@ -587,7 +587,7 @@ func TestInvalidKeysAreRefusedBeforeStaging(t *testing.T) {
 		key  []byte
 		want string
 	}{{nil, "empty key"}, {[]byte("!badger!head"), "reserved namespace"}, {hugeKey, "over the limit"}} {
-		err := db.Commit(context.Background(), Strict, func(tx *Tx) error { tx.Set(tc.key, []byte("v")); return nil })
+		err := db.Commit(testCtx(t), Strict, func(tx *Tx) error { tx.Set(tc.key, []byte("v")); return nil })
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Fatalf("key %.20q: %v, want %q", tc.key, err, tc.want)
 		}
