@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -169,6 +170,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.ContentLength = int64(len(forward))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(forward)), nil }
 
+	// A task the agent runs is usage whether or not its client waits for
+	// the answer: a client hanging up must not turn an executed task into
+	// an unmetered failure, so the call to the agent outlives the client
+	// (for at most detachedLimit).
+	ctx, cancel := detach(r.Context(), detachedLimit)
+	defer cancel()
+	r = r.WithContext(ctx)
+
 	cw := newCapture(w, true, int(h.InspectLimit))
 	started := time.Now()
 	upstreamErr := serveNext(next, cw, r)
@@ -216,6 +225,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) admit(r *http.Request, db *storage.DB, req *protocol.Request) ([]grant, []callIdentity) {
 	grants := h.authorize(r, req)
 	return grants, h.refuseReusedIDs(db, req, grants)
+}
+
+// detachedLimit bounds how long a call goes on after its client left.
+const detachedLimit = 5 * time.Minute
+
+// detach returns a context that is not cancelled with parent, but limit
+// after it: work the client started finishes and is recorded, and cannot
+// pile up without bound.
+func detach(parent context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	stop := context.AfterFunc(parent, func() { time.AfterFunc(limit, cancel) })
+	return ctx, func() { stop(); cancel() }
 }
 
 // serveNext calls the next handler. reverse_proxy aborts with

@@ -270,9 +270,12 @@ func TestWebSocketOversizedAndBinaryFrames(t *testing.T) {
 	}
 }
 
-// Calls pending when a socket closes are failed tasks and give back their
-// delegation slots; an id pending on the socket cannot be sent again.
+// Calls the agent never answers, after the client left and the drain
+// gave up, are failed tasks and give back their delegation slots; an id
+// pending on the socket cannot be sent again.
 func TestWebSocketPendingCallsAtClose(t *testing.T) {
+	defer wsDrainTimeout.Store(wsDrainTimeout.Load())
+	wsDrainTimeout.Store(int64(200 * time.Millisecond))
 	agent := &wsAgent{}
 	srv := httptest.NewServer(agent)
 	defer srv.Close()

@@ -23,12 +23,19 @@ import (
 // has not answered; past that the sidecar stops reading the client, so a
 // client that sends without reading cannot grow memory.
 var (
+	// wsDrainTimeout is how long calls pending when the client leaves may
+	// still be answered (and metered) before they count as failed and
+	// give back their slots. Nanoseconds; tests shorten it.
+	wsDrainTimeout atomic.Int64
+
 	wsHandshakeTimeout = 10 * time.Second
 	wsIdleTimeout      = 5 * time.Minute
 	wsMaxPending       = 64
 	// wsMaxAgentMessage bounds one message from the agent.
 	wsMaxAgentMessage int64 = 16 << 20
 )
+
+func init() { wsDrainTimeout.Store(int64(detachedLimit)) }
 
 // wsCall is a call forwarded on a socket and not yet answered.
 type wsCall struct {
@@ -57,6 +64,12 @@ type wsSession struct {
 
 	subscribed atomic.Bool
 	notifyOnce sync.Once
+
+	// clientGone is set once the client left: answers still coming are
+	// recorded but have nowhere to go.
+	clientGone atomic.Bool
+	// answeredSome wakes drain when pending calls were answered.
+	answeredSome chan struct{}
 }
 
 // serveWebSocket dials the agent through the route, accepts the client
@@ -104,7 +117,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next ca
 	agent.SetReadLimit(wsMaxAgentMessage)
 
 	s := &wsSession{h: h, r: r, db: db, client: client, agent: agent,
-		pending: map[string]*wsCall{}, slots: make(chan struct{}, wsMaxPending)}
+		pending: map[string]*wsCall{}, slots: make(chan struct{}, wsMaxPending), answeredSome: make(chan struct{}, 1)}
 	s.touch()
 	ctx, stop := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer stop()
@@ -116,10 +129,39 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next ca
 	}()
 	go s.watchIdle(ctx, stop)
 	s.pumpClient(ctx)
+	// The client is gone, but the agent may be running its calls: a task
+	// it runs is usage whoever waits for the answer, and its slot stays
+	// taken until it is answered or the drain gives up.
+	s.clientGone.Store(true)
+	s.drain(agentDone)
+	s.agent.Close(websocket.StatusNormalClosure, "client left")
 	stop()
 	<-agentDone
 	s.failPending()
 	return nil
+}
+
+// drain waits until nothing is pending, the agent's socket ends, or
+// wsDrainTimeout passes.
+func (s *wsSession) drain(agentDone <-chan struct{}) {
+	timeout := time.NewTimer(time.Duration(wsDrainTimeout.Load()))
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.pending)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-s.answeredSome:
+		case <-agentDone:
+			return
+		case <-timeout.C:
+			s.h.logger.Warn("client left with calls the agent has not answered; counting them failed", zap.Int("calls", n))
+			return
+		}
+	}
 }
 
 // forwardedHandshakeHeaders are the client's handshake headers the agent
@@ -178,9 +220,6 @@ func (s *wsSession) pumpClient(ctx context.Context) {
 		typ, msg, err := s.client.Read(ctx)
 		if err != nil {
 			// Too large a frame: coder/websocket already closed with 1009.
-			if code := websocket.CloseStatus(err); code != -1 {
-				s.agent.Close(websocket.StatusNormalClosure, "client closed")
-			}
 			return
 		}
 		s.touch()
@@ -367,8 +406,11 @@ func (s *wsSession) pumpAgent(ctx context.Context) {
 				return
 			}
 		}
-		if err := s.client.Write(ctx, typ, msg); err != nil {
-			return
+		if s.clientGone.Load() {
+			continue
+		}
+		if err := s.client.Write(ctx, typ, msg); err != nil && !s.clientGone.Load() {
+			s.clientGone.Store(true) // its reader ends the session
 		}
 	}
 }
@@ -395,6 +437,10 @@ func (s *wsSession) answered(ctx context.Context, msg []byte) error {
 	defer func() {
 		for range done {
 			<-s.slots
+		}
+		select {
+		case s.answeredSome <- struct{}{}:
+		default:
 		}
 	}()
 	return s.record(ctx, done, outcome{replies: replies, status: http.StatusOK, httpCode: http.StatusOK})
