@@ -14,8 +14,8 @@ import (
 
 // BenchmarkWebSocketThroughput measures asap.send echo round trips over
 // WebSocket, straight to the demo agent's /asap/ws and through the sidecar
-// (metering and audit on, strict durability: the defaults; delegation
-// off), on one socket and on 8 sockets in parallel. ns/op is per round
+// (metering and audit on, delegation off), with strict and with relaxed
+// durability, on one socket and on 8 sockets in parallel. ns/op is per round
 // trip. Run:
 //
 //	go test -run NONE -bench WebSocketThroughput -benchtime 3s ./caddymodule/
@@ -26,50 +26,53 @@ func BenchmarkWebSocketThroughput(b *testing.B) {
 		{"direct", strings.Replace(s.agentURL, "http", "ws", 1) + "/asap/ws"},
 		{"sidecar", strings.Replace(s.url, "http", "ws", 1) + "/asap/ws"},
 	}
-	for _, sockets := range []int{1, 8} {
-		for _, tg := range targets {
-			name := tg.name
-			if sockets > 1 {
-				name = fmt.Sprintf("%s-%dsockets", tg.name, sockets)
-			}
-			b.Run(name, func(b *testing.B) {
-				conns := make([]*websocket.Conn, sockets)
-				for i := range conns {
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					c, _, err := websocket.Dial(ctx, tg.url, nil)
-					cancel()
-					if err != nil {
-						b.Fatalf("dial %s: %v", tg.url, err)
-					}
-					defer c.CloseNow()
-					conns[i] = c
+	for _, durability := range []string{"strict", "relaxed"} {
+		s.load("agent urn:asap:agent:demo\ndurability " + durability)
+		for _, sockets := range []int{1, 8} {
+			for _, tg := range targets {
+				name := durability + "/" + tg.name
+				if sockets > 1 {
+					name = fmt.Sprintf("%s-%dsockets", name, sockets)
 				}
-				var left atomic.Int64
-				left.Store(int64(b.N))
-				var failed atomic.Value
-				var wg sync.WaitGroup
-				b.ResetTimer()
-				for _, c := range conns {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for left.Add(-1) >= 0 {
-							if err := wsEcho(c, seq.Add(1)); err != nil {
-								failed.CompareAndSwap(nil, err)
-								return
-							}
+				b.Run(name, func(b *testing.B) {
+					conns := make([]*websocket.Conn, sockets)
+					for i := range conns {
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						c, _, err := websocket.Dial(ctx, tg.url, nil)
+						cancel()
+						if err != nil {
+							b.Fatalf("dial %s: %v", tg.url, err)
 						}
-					}()
-				}
-				wg.Wait()
-				b.StopTimer()
-				if err, _ := failed.Load().(error); err != nil {
-					b.Fatal(err)
-				}
-				for _, c := range conns {
-					c.Close(websocket.StatusNormalClosure, "")
-				}
-			})
+						defer c.CloseNow()
+						conns[i] = c
+					}
+					var left atomic.Int64
+					left.Store(int64(b.N))
+					var failed atomic.Value
+					var wg sync.WaitGroup
+					b.ResetTimer()
+					for _, c := range conns {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for left.Add(-1) >= 0 {
+								if err := wsEcho(c, seq.Add(1)); err != nil {
+									failed.CompareAndSwap(nil, err)
+									return
+								}
+							}
+						}()
+					}
+					wg.Wait()
+					b.StopTimer()
+					if err, _ := failed.Load().(error); err != nil {
+						b.Fatal(err)
+					}
+					for _, c := range conns {
+						c.Close(websocket.StatusNormalClosure, "")
+					}
+				})
+			}
 		}
 	}
 }

@@ -16,5 +16,5 @@ mkdir -p mutants
 for p in "${pkgs[@]}"; do
 	out="mutants/$(echo "$p" | tr / _).json"
 	echo "== $p"
-	(cd "$p" && "$gremlins" unleash --workers 2 --timeout-coefficient 5 -S lt -o "$OLDPWD/$out" .) | tail -n 12
+	"$gremlins" unleash --workers 2 --timeout-coefficient 5 -S lt -o "$out" "./$p" | tail -n 40
 done
