@@ -117,6 +117,93 @@ func TestConfigureKeepsAgentAndAppliesDefaults(t *testing.T) {
 	}
 }
 
+func TestConfigureAloneTriggersAnEvaluation(t *testing.T) {
+	db := newDB(t)
+	clk := newClock()
+	cfg := Config{Agent: agentA, MinSamples: 5}
+	// Five slow tasks, stored by a first tracker without any promise.
+	first, err := Open(db, cfg, newTimers().on(Hooks{Now: clk.now}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		first.Observe(300*time.Millisecond, false)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A second tracker loads them; nothing has woken it when the promise
+	// arrives.
+	tm := newTimers()
+	var evs events
+	tr := openTracker(t, db, cfg, tm.on(Hooks{Now: clk.now, Notify: evs.add}))
+	cfg.Definition = Definition{MaxLatencyP95: 100 * time.Millisecond}
+	tr.Configure(cfg)
+	tm.evaluate(t, tr) // fails unless Configure set an evaluation timer
+	got := evs.all()
+	if len(got) != 1 || got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency || !msNear(got[0].Breach.Actual, 300) {
+		t.Fatalf("events %s", describe(got))
+	}
+}
+
+// The evaluation spacing reads Hooks.Now: what is left of evalSpacing since
+// the last evaluation, never negative, never more than evalSpacing.
+func TestEvaluationSpacing(t *testing.T) {
+	t0 := newClock().now()
+	for _, tc := range []struct {
+		name      string
+		now, last time.Time
+		want      time.Duration
+	}{
+		{"never evaluated", t0, time.Time{}, 0},
+		{"just evaluated", t0, t0, evalSpacing},
+		{"20ms ago", t0.Add(20 * time.Millisecond), t0, evalSpacing - 20*time.Millisecond},
+		{"exactly evalSpacing ago", t0.Add(evalSpacing), t0, 0},
+		{"long ago", t0.Add(time.Hour), t0, 0},
+		{"clock set back", t0.Add(-time.Hour), t0, evalSpacing},
+	} {
+		if got := evalWait(tc.now, tc.last); got != tc.want {
+			t.Errorf("%s: evalWait = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+
+	// The tracker asks its timers for exactly that, and its flush ticker
+	// for flushEvery.
+	db := newDB(t)
+	clk := newClock()
+	tm := newTimers()
+	tr := openTracker(t, db, Config{Agent: agentA}, tm.on(Hooks{Now: clk.now}))
+	tr.Observe(time.Millisecond, false)
+	tm.evaluate(t, tr) // the barrier sets the second timer, the clock still
+	if got := tm.asked(); len(got) != 2 || got[0] != 0 || got[1] != evalSpacing {
+		t.Fatalf("evaluation timers set for %v, want [0 %v]", got, evalSpacing)
+	}
+	tm.mu.Lock()
+	period := tm.period
+	tm.mu.Unlock()
+	if period != flushEvery || flushEvery != 5*time.Second {
+		t.Fatalf("flush ticker every %v", period)
+	}
+}
+
+// The default timers are real ones: a breach is still noticed, however
+// loaded the machine (no latency is judged here; see
+// BenchmarkBreachNotification).
+func TestDefaultTimersEvaluate(t *testing.T) {
+	db := newDB(t)
+	clk := newClock()
+	var evs events
+	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 20},
+		Hooks{Now: clk.now, Notify: evs.add})
+	for i := 0; i < 20; i++ {
+		tr.Observe(300*time.Millisecond, false)
+	}
+	got := evs.waitFor(t, "latency breach", func(evs []Event) bool { return len(evs) > 0 })
+	if got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency || !msNear(got[0].Breach.Actual, 300) {
+		t.Fatalf("events %s", describe(got))
+	}
+}
+
 func TestWindowUsesMinuteBucketsUpTo6hAndHourBucketsBeyond(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
