@@ -72,7 +72,7 @@ func TestLoadSkipsBucketsPastTheirWindows(t *testing.T) {
 	clk := newClock()
 	t0 := clk.now()
 	m0, h0 := minuteOf(t0), hourOf(t0)
-	tr, err := Open(db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tr, err := Open(db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestLoadSkipsBucketsPastTheirWindows(t *testing.T) {
 		{keepHours * time.Hour, nil, nil},
 	} {
 		clk.set(t0.Add(tc.later))
-		tr, err := Open(db, Config{Agent: agentA}, Hooks{Now: clk.now})
+		tr, err := Open(db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +105,7 @@ func TestLoadSkipsBucketsPastTheirWindows(t *testing.T) {
 	}
 	// Another agent's buckets are not loaded.
 	clk.set(t0)
-	other := openTracker(t, db, Config{Agent: agentA + "-2"}, Hooks{Now: clk.now})
+	other := openTracker(t, db, Config{Agent: agentA + "-2"}, newTimers().on(Hooks{Now: clk.now}))
 	if minutes, hours := memory(other); len(minutes)+len(hours) != 0 {
 		t.Fatalf("loaded another agent's buckets: %v %v", minutes, hours)
 	}
@@ -121,7 +121,7 @@ func TestLoadKeepsOnlyOpenBreaches(t *testing.T) {
 		breachKey(agentA, "breach_02"), jsonOf(t, Breach{ID: "breach_02", AgentID: agentA, BreachType: TypeAvailability, Threshold: "99.0%", Actual: "0.0%", Severity: SeverityCritical, DetectedAt: t0, ResolvedAt: &resolved}),
 		breachKey(agentA, "breach_03"), jsonOf(t, Breach{ID: "breach_03", AgentID: agentA, BreachType: TypeErrorBudget, Threshold: "6.0x burn over 6h/30m", Actual: "7.0x", Severity: SeverityCritical, DetectedAt: t0}),
 	)
-	tr := openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 	open := openByType(tr)
 	if len(open) != 2 || open[TypeLatency].ID != "breach_01" || open["error_budget:6h/30m"].ID != "breach_03" {
 		t.Fatalf("open breaches after load: %+v", open)
@@ -142,7 +142,7 @@ func TestLoadRejectsCorruptRecords(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			db := newDB(t)
 			put(t, db, tc.k, tc.v)
-			tr, err := Open(db, Config{Agent: agentA}, Hooks{Now: clk.now})
+			tr, err := Open(db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				if tr != nil {
 					tr.Close()
@@ -154,7 +154,7 @@ func TestLoadRejectsCorruptRecords(t *testing.T) {
 	// Past its window, a corrupt bucket is not even read.
 	db := newDB(t)
 	put(t, db, minuteKey(agentA, minuteOf(clk.now())-keepMinutes), []byte("short"))
-	openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	openTracker(t, db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 }
 
 func TestFlushDropsOldBucketsAndPersistsDirtyOnes(t *testing.T) {
@@ -162,7 +162,7 @@ func TestFlushDropsOldBucketsAndPersistsDirtyOnes(t *testing.T) {
 	clk := newClock()
 	t0 := clk.now()
 	m0, h0 := minuteOf(t0), hourOf(t0)
-	tr := openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 	ctx := context.Background()
 
 	tr.Observe(time.Millisecond, false)
@@ -242,33 +242,31 @@ func TestFlushDropsOldBucketsAndPersistsDirtyOnes(t *testing.T) {
 }
 
 func TestPeriodicFlushAndSnapshot(t *testing.T) {
-	t.Parallel() // waits for the tracker's 5 s ticker
 	db := newDB(t)
 	clk := newClock()
-	tr := openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tm := newTimers()
+	tr := openTracker(t, db, Config{Agent: agentA}, tm.on(newTimers().on(Hooks{Now: clk.now})))
 	for i := 0; i < 4; i++ {
 		tr.Observe(time.Millisecond, i == 0)
 	}
-	clk.add(5 * time.Minute)
-	deadline := time.Now().Add(8 * time.Second)
-	for {
-		hist, total, err := History(db, agentA, time.Time{}, time.Time{}, 10, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if total == 1 {
-			if hist[0].TasksCompleted != 3 || hist[0].TasksFailed != 1 || hist[0].ErrorRatePercent != 25 {
-				t.Fatalf("snapshot %+v", hist[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no snapshot without Close after the snapshot period")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	// A tick before the snapshot is due stores the buckets only.
+	clk.add(5*time.Minute - time.Second)
+	tm.flush(t, tr)
 	if m := storedTails(t, db, "m", agentA); len(m) != 1 {
 		t.Fatalf("buckets not flushed while running: %v", m)
+	}
+	if _, total, err := History(db, agentA, time.Time{}, time.Time{}, 10, 0); err != nil || total != 0 {
+		t.Fatalf("snapshot before it was due: %d %v", total, err)
+	}
+	// The first tick once it is due keeps it, without Close.
+	clk.add(time.Second)
+	tm.flush(t, tr)
+	hist, total, err := History(db, agentA, time.Time{}, time.Time{}, 10, 0)
+	if err != nil || total != 1 {
+		t.Fatalf("no snapshot without Close after the snapshot period: %+v %d %v", hist, total, err)
+	}
+	if hist[0].TasksCompleted != 3 || hist[0].TasksFailed != 1 || hist[0].ErrorRatePercent != 25 {
+		t.Fatalf("snapshot %+v", hist[0])
 	}
 }
 
@@ -276,7 +274,7 @@ func TestSnapshotIfDue(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
 	t0 := clk.now()
-	tr := openTracker(t, db, Config{Agent: agentA, SnapshotEvery: 5 * time.Minute}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA, SnapshotEvery: 5 * time.Minute}, newTimers().on(Hooks{Now: clk.now}))
 	history := func() []Metrics {
 		t.Helper()
 		h, total, err := History(db, agentA, time.Time{}, time.Time{}, 100, 0)
@@ -324,7 +322,7 @@ func TestSnapshotsDoNotCountASampleTwice(t *testing.T) {
 	db := newDB(t)
 	clk := newClock() // 10:00:30
 	t0 := clk.now()
-	tr := openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 	clk.set(t0.Add(4*time.Minute + 40*time.Second)) // 10:05:10
 	for i := 0; i < 3; i++ {
 		tr.Observe(time.Millisecond, false)
@@ -348,7 +346,7 @@ func TestForcedSnapshotStartsWhereTheLastOneEnded(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
 	t0 := clk.now()
-	tr := openTracker(t, db, Config{Agent: agentA}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA}, newTimers().on(Hooks{Now: clk.now}))
 	tr.Observe(time.Millisecond, false)
 	clk.set(t0.Add(5 * time.Minute))
 	tr.snapshotIfDue()
@@ -504,27 +502,30 @@ func TestRestartKeepsBurnAlertsUnderTheirConditionKeys(t *testing.T) {
 	clk := newClock()
 	cfg := Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20}
 	var evs events
-	tr, err := Open(db, cfg, Hooks{Now: clk.now, Notify: evs.add})
+	tm := newTimers()
+	tr, err := Open(db, cfg, tm.on(Hooks{Now: clk.now, Notify: evs.add}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Millisecond, true)
 	}
-	evs.wait(t, 5)
-	settle()
+	tm.evaluate(t, tr)
+	if n := evs.count(); n != 5 {
+		t.Fatalf("events %s, want 5", describe(evs.all()))
+	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
 	var again events
-	tr = openTracker(t, db, cfg, Hooks{Now: clk.now, Notify: again.add})
+	tm = newTimers()
+	tr = openTracker(t, db, cfg, tm.on(Hooks{Now: clk.now, Notify: again.add}))
 	if open := openByType(tr); len(open) != 5 {
 		t.Fatalf("open after restart %v", open)
 	}
 	// Still burning: re-evaluating opens nothing new.
 	tr.Configure(cfg)
-	settle()
-	tr.evaluate()
+	tm.evaluate(t, tr)
 	if n := again.count(); n != 0 {
 		t.Fatalf("%d new events after restart", n)
 	}

@@ -78,8 +78,31 @@ type Hooks struct {
 	// Record runs inside the transaction storing a breach change (the
 	// audit entry).
 	Record func(tx *storage.Tx, e Event) error
-	// Now is the clock (time.Now when nil).
+	// Now is the clock (time.Now when nil). It also paces evaluations.
 	Now func() time.Time
+	// After is the evaluation timer: a channel that receives once d has
+	// passed (time.After when nil). The tracker's goroutine asks for one
+	// when samples arrive, and evaluates breaches when it fires.
+	After func(d time.Duration) <-chan time.Time
+	// Tick is the flush ticker: a channel that receives every d, and a
+	// function that stops it (a time.Ticker when nil). On each tick the
+	// tracker stores its changed buckets and keeps a snapshot if due.
+	Tick func(d time.Duration) (<-chan time.Time, func())
+}
+
+func (h *Hooks) defaults() {
+	if h.Now == nil {
+		h.Now = time.Now
+	}
+	if h.After == nil {
+		h.After = time.After
+	}
+	if h.Tick == nil {
+		h.Tick = func(d time.Duration) (<-chan time.Time, func()) {
+			tk := time.NewTicker(d)
+			return tk.C, tk.Stop
+		}
+	}
 }
 
 // Bucket retention: minute buckets cover the short windows (up to 6h),
@@ -116,9 +139,7 @@ type Tracker struct {
 // tracker's goroutine.
 func Open(db *storage.DB, cfg Config, hooks Hooks) (*Tracker, error) {
 	cfg.defaults()
-	if hooks.Now == nil {
-		hooks.Now = time.Now
-	}
+	hooks.defaults()
 	t := &Tracker{
 		db: db, hooks: hooks, cfg: cfg, agent: cfg.Agent,
 		minutes: map[int64]*Bucket{}, hours: map[int64]*Bucket{}, dirty: map[int64]bool{},
@@ -227,10 +248,28 @@ func (t *Tracker) Close() error {
 // is judged once, still well within a second of the crossing sample.
 const evalSpacing = 50 * time.Millisecond
 
+// flushEvery is how often changed buckets are stored (and a snapshot kept
+// if one is due).
+const flushEvery = 5 * time.Second
+
+// evalWait is how long to wait, at now, before the next evaluation when
+// the last one ran at last: what is left of evalSpacing, never less than
+// zero nor more than evalSpacing (a clock set back does not stall it).
+func evalWait(now, last time.Time) time.Duration {
+	wait := evalSpacing - now.Sub(last)
+	if wait < 0 {
+		return 0
+	}
+	if wait > evalSpacing {
+		return evalSpacing
+	}
+	return wait
+}
+
 func (t *Tracker) loop() {
 	defer close(t.done)
-	flush := time.NewTicker(5 * time.Second)
-	defer flush.Stop()
+	flush, stopFlush := t.hooks.Tick(flushEvery)
+	defer stopFlush()
 	var pending <-chan time.Time
 	for {
 		select {
@@ -238,17 +277,13 @@ func (t *Tracker) loop() {
 			return
 		case <-t.wake:
 			if pending == nil {
-				wait := evalSpacing - time.Since(t.evaluated)
-				if wait < 0 {
-					wait = 0
-				}
-				pending = time.After(wait)
+				pending = t.hooks.After(evalWait(t.hooks.Now(), t.evaluated))
 			}
 		case <-pending:
 			pending = nil
-			t.evaluated = time.Now()
+			t.evaluated = t.hooks.Now()
 			t.evaluate()
-		case <-flush.C:
+		case <-flush:
 			_ = t.flush(context.Background())
 			t.snapshotIfDue()
 		}

@@ -34,10 +34,6 @@ func openTracker(t *testing.T, db *storage.DB, cfg Config, hooks Hooks) *Tracker
 	return tr
 }
 
-// settle lets the tracker's goroutine run any evaluation the last samples
-// scheduled.
-func settle() { time.Sleep(3 * evalSpacing) }
-
 // msNear reports whether a latency figure like "302ms" is want ms within
 // the sketches' 1 % relative accuracy.
 func msNear(s string, want float64) bool {
@@ -47,8 +43,6 @@ func msNear(s string, want float64) bool {
 	}
 	return v >= want*(1-RelativeAccuracy)-0.5 && v <= want*(1+RelativeAccuracy)+0.5
 }
-
-func (e *events) count() int { e.mu.Lock(); defer e.mu.Unlock(); return len(e.got) }
 
 func openByType(tr *Tracker) map[string]Breach {
 	out := map[string]Breach{}
@@ -65,6 +59,9 @@ func TestOpenDefaultsAndRealClock(t *testing.T) {
 	if got.Agent != agentA || got.MinSamples != 20 || got.Window != time.Hour || got.SnapshotEvery != 5*time.Minute || !got.Definition.Empty() {
 		t.Fatalf("defaults: %+v", got)
 	}
+	if tr.hooks.After == nil || tr.hooks.Tick == nil {
+		t.Fatal("without Hooks.After and Hooks.Tick the tracker should use real timers")
+	}
 	before := time.Now()
 	m, _ := tr.Window(time.Hour)
 	if m.PeriodEnd.Before(before.Add(-time.Second)) || m.PeriodEnd.After(time.Now().Add(time.Second)) {
@@ -78,16 +75,17 @@ func TestOpenDefaultsAndRealClock(t *testing.T) {
 func TestConfigureKeepsAgentAndAppliesDefaults(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
+	tm := newTimers()
 	var evs events
 	tr := openTracker(t, db, Config{Agent: agentA, MinSamples: 3, Window: 10 * time.Minute, SnapshotEvery: time.Minute},
-		Hooks{Now: clk.now, Notify: evs.add})
+		tm.on(Hooks{Now: clk.now, Notify: evs.add}))
 	if c := tr.Config(); c.MinSamples != 3 || c.Window != 10*time.Minute || c.SnapshotEvery != time.Minute {
 		t.Fatalf("config kept as given: %+v", c)
 	}
 	for i := 0; i < 5; i++ {
 		tr.Observe(300*time.Millisecond, false)
 	}
-	settle()
+	tm.evaluate(t, tr)
 	if n := evs.count(); n != 0 {
 		t.Fatalf("%d events without any promise", n)
 	}
@@ -99,14 +97,19 @@ func TestConfigureKeepsAgentAndAppliesDefaults(t *testing.T) {
 	if c.Agent != agentA || c.MinSamples != 20 || c.Window != time.Hour || c.SnapshotEvery != 5*time.Minute || c.Definition.MaxLatencyP95 != 100*time.Millisecond {
 		t.Fatalf("after Configure: %+v", c)
 	}
-	settle()
+	tm.evaluate(t, tr)
 	if n := evs.count(); n != 0 {
 		t.Fatalf("5 samples breached under the default min_samples 20 (%d events)", n)
 	}
 
-	// Configure alone triggers an evaluation under the new config.
+	// The next evaluation judges under the new config. (That Configure
+	// alone schedules one: TestConfigureAloneTriggersAnEvaluation.)
 	tr.Configure(Config{Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 5})
-	got := evs.wait(t, 1)
+	tm.evaluate(t, tr)
+	got := evs.all()
+	if len(got) != 1 {
+		t.Fatalf("events %s", describe(got))
+	}
 	b := got[0].Breach
 	if got[0].Method != "sla.breach" || b.AgentID != agentA || b.BreachType != TypeLatency || b.Severity != SeverityCritical ||
 		b.Threshold != "100ms" || !msNear(b.Actual, 300) || !b.DetectedAt.Equal(clk.now()) || b.ResolvedAt != nil {
@@ -114,11 +117,98 @@ func TestConfigureKeepsAgentAndAppliesDefaults(t *testing.T) {
 	}
 }
 
+func TestConfigureAloneTriggersAnEvaluation(t *testing.T) {
+	db := newDB(t)
+	clk := newClock()
+	cfg := Config{Agent: agentA, MinSamples: 5}
+	// Five slow tasks, stored by a first tracker without any promise.
+	first, err := Open(db, cfg, newTimers().on(Hooks{Now: clk.now}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		first.Observe(300*time.Millisecond, false)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A second tracker loads them; nothing has woken it when the promise
+	// arrives.
+	tm := newTimers()
+	var evs events
+	tr := openTracker(t, db, cfg, tm.on(Hooks{Now: clk.now, Notify: evs.add}))
+	cfg.Definition = Definition{MaxLatencyP95: 100 * time.Millisecond}
+	tr.Configure(cfg)
+	tm.evaluate(t, tr) // fails unless Configure set an evaluation timer
+	got := evs.all()
+	if len(got) != 1 || got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency || !msNear(got[0].Breach.Actual, 300) {
+		t.Fatalf("events %s", describe(got))
+	}
+}
+
+// The evaluation spacing reads Hooks.Now: what is left of evalSpacing since
+// the last evaluation, never negative, never more than evalSpacing.
+func TestEvaluationSpacing(t *testing.T) {
+	t0 := newClock().now()
+	for _, tc := range []struct {
+		name      string
+		now, last time.Time
+		want      time.Duration
+	}{
+		{"never evaluated", t0, time.Time{}, 0},
+		{"just evaluated", t0, t0, evalSpacing},
+		{"20ms ago", t0.Add(20 * time.Millisecond), t0, evalSpacing - 20*time.Millisecond},
+		{"exactly evalSpacing ago", t0.Add(evalSpacing), t0, 0},
+		{"long ago", t0.Add(time.Hour), t0, 0},
+		{"clock set back", t0.Add(-time.Hour), t0, evalSpacing},
+	} {
+		if got := evalWait(tc.now, tc.last); got != tc.want {
+			t.Errorf("%s: evalWait = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+
+	// The tracker asks its timers for exactly that, and its flush ticker
+	// for flushEvery.
+	db := newDB(t)
+	clk := newClock()
+	tm := newTimers()
+	tr := openTracker(t, db, Config{Agent: agentA}, tm.on(Hooks{Now: clk.now}))
+	tr.Observe(time.Millisecond, false)
+	tm.evaluate(t, tr) // the barrier sets the second timer, the clock still
+	if got := tm.asked(); len(got) != 2 || got[0] != 0 || got[1] != evalSpacing {
+		t.Fatalf("evaluation timers set for %v, want [0 %v]", got, evalSpacing)
+	}
+	tm.mu.Lock()
+	period := tm.period
+	tm.mu.Unlock()
+	if period != flushEvery || flushEvery != 5*time.Second {
+		t.Fatalf("flush ticker every %v", period)
+	}
+}
+
+// The default timers are real ones: a breach is still noticed, however
+// loaded the machine (no latency is judged here; see
+// BenchmarkBreachNotification).
+func TestDefaultTimersEvaluate(t *testing.T) {
+	db := newDB(t)
+	clk := newClock()
+	var evs events
+	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 20},
+		Hooks{Now: clk.now, Notify: evs.add})
+	for i := 0; i < 20; i++ {
+		tr.Observe(300*time.Millisecond, false)
+	}
+	got := evs.waitFor(t, "latency breach", func(evs []Event) bool { return len(evs) > 0 })
+	if got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency || !msNear(got[0].Breach.Actual, 300) {
+		t.Fatalf("events %s", describe(got))
+	}
+}
+
 func TestWindowUsesMinuteBucketsUpTo6hAndHourBucketsBeyond(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
 	now := clk.now() // 10:00:30
-	tr := openTracker(t, db, Config{Agent: agentA, MinSamples: 1000}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA, MinSamples: 1000}, newTimers().on(Hooks{Now: clk.now}))
 	for _, s := range []struct {
 		ago time.Duration
 		n   int
@@ -272,7 +362,7 @@ func TestBurnWindows(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			db := newDB(t)
 			clk := newClock()
-			tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(tc.max)}, MinSamples: 20}, Hooks{Now: clk.now})
+			tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(tc.max)}, MinSamples: 20}, newTimers().on(Hooks{Now: clk.now}))
 			for i := 0; i < tc.total; i++ {
 				tr.Observe(time.Millisecond, i < tc.failed)
 			}
@@ -294,7 +384,7 @@ func TestBurnWindowsMinimumTrafficGate(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
 	now := clk.now()
-	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20}, newTimers().on(Hooks{Now: clk.now}))
 	for i := 0; i < 19; i++ {
 		tr.Observe(time.Millisecond, true)
 	}
@@ -330,16 +420,17 @@ func TestBurnWindowsMinimumTrafficGate(t *testing.T) {
 func TestBurnAlertsOpenAsBreaches(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
+	tm := newTimers()
 	var evs events
 	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20},
-		Hooks{Now: clk.now, Notify: evs.add})
+		tm.on(Hooks{Now: clk.now, Notify: evs.add}))
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Millisecond, true)
 	}
-	got := evs.wait(t, 5) // error_rate and the four burn pairs
-	settle()
-	if n := evs.count(); n != 5 {
-		t.Fatalf("%d events, want 5", n)
+	tm.evaluate(t, tr)
+	got := evs.all() // error_rate and the four burn pairs
+	if n := len(got); n != 5 {
+		t.Fatalf("events %s, want 5", describe(got))
 	}
 	thresholds := map[string]string{}
 	for _, e := range got {
@@ -368,9 +459,9 @@ func TestBurnAlertsOpenAsBreaches(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Millisecond, false)
 	}
-	got = evs.wait(t, 6)
-	settle()
-	if n := evs.count(); n != 6 || got[5].Method != "sla.resolved" || got[5].Breach.Threshold != "14.4x burn over 1h/5m" ||
+	tm.evaluate(t, tr)
+	got = evs.all()
+	if n := len(got); n != 6 || got[5].Method != "sla.resolved" || got[5].Breach.Threshold != "14.4x burn over 1h/5m" ||
 		!got[5].Breach.ResolvedAt.Equal(clk.now()) {
 		t.Fatalf("%d events, last %+v", n, got[5])
 	}
@@ -383,7 +474,7 @@ func TestBurnNeedsTheShortWindowToBurnToo(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
 	now := clk.now()
-	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20}, Hooks{Now: clk.now})
+	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxErrorRate: fptr(1)}, MinSamples: 20}, newTimers().on(Hooks{Now: clk.now}))
 	// Two days ago every task failed; nothing since.
 	clk.set(now.Add(-48 * time.Hour))
 	for i := 0; i < 30; i++ {
@@ -404,18 +495,19 @@ func TestBurnNeedsTheShortWindowToBurnToo(t *testing.T) {
 
 // breachAll opens a critical availability and a critical latency breach
 // and returns them by type.
-func breachAll(t *testing.T, tr *Tracker, evs *events) map[string]Breach {
+func breachAll(t *testing.T, tr *Tracker, tm *timers, evs *events) map[string]Breach {
 	t.Helper()
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Second, false)
 		tr.Health(false)
 	}
-	got := evs.wait(t, 2)
+	tm.evaluate(t, tr)
+	got := evs.all()
 	out := map[string]Breach{}
 	for _, e := range got {
 		out[e.Breach.BreachType] = e.Breach
 	}
-	if len(out) != 2 || out[TypeAvailability].Actual != "0.0%" || out[TypeAvailability].Severity != SeverityCritical ||
+	if len(got) != 2 || len(out) != 2 || out[TypeAvailability].Actual != "0.0%" || out[TypeAvailability].Severity != SeverityCritical ||
 		!msNear(out[TypeLatency].Actual, 1000) || out[TypeLatency].Severity != SeverityCritical {
 		t.Fatalf("breaches %+v", got)
 	}
@@ -427,9 +519,9 @@ func TestUnjudgeableConditionStaysOpenAndRecoveryResolves(t *testing.T) {
 	clk := newClock()
 	var evs events
 	def := Definition{Availability: fptr(99), MaxLatencyP95: 100 * time.Millisecond}
-	tr := openTracker(t, db, Config{Agent: agentA, Definition: def, MinSamples: 20}, Hooks{Now: clk.now, Notify: evs.add})
-	opened := breachAll(t, tr, &evs)
-	settle()
+	tm := newTimers()
+	tr := openTracker(t, db, Config{Agent: agentA, Definition: def, MinSamples: 20}, tm.on(Hooks{Now: clk.now, Notify: evs.add}))
+	opened := breachAll(t, tr, tm, &evs)
 
 	// Two hours later the 1h window holds no sample at all: nothing can
 	// be judged, so nothing resolves.
@@ -447,13 +539,16 @@ func TestUnjudgeableConditionStaysOpenAndRecoveryResolves(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		tr.Health(true)
 	}
-	got := evs.wait(t, 3)
+	tm.evaluate(t, tr)
+	got := evs.all()
+	if len(got) != 3 {
+		t.Fatalf("events %s", describe(got))
+	}
 	res := got[2]
 	if res.Method != "sla.resolved" || res.Breach.ID != opened[TypeAvailability].ID || res.Breach.ResolvedAt == nil ||
 		!res.Breach.ResolvedAt.Equal(clk.now()) || !res.Breach.DetectedAt.Equal(opened[TypeAvailability].DetectedAt) {
 		t.Fatalf("availability resolution %+v", res)
 	}
-	settle()
 	open := openByType(tr)
 	if len(open) != 1 || open[TypeLatency].ID != opened[TypeLatency].ID {
 		t.Fatalf("open after health recovered: %v", open)
@@ -472,11 +567,11 @@ func TestUnjudgeableConditionStaysOpenAndRecoveryResolves(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Millisecond, false)
 	}
-	got = evs.wait(t, 4)
-	if got[3].Method != "sla.resolved" || got[3].Breach.ID != opened[TypeLatency].ID {
-		t.Fatalf("latency resolution %+v", got[3])
+	tm.evaluate(t, tr)
+	got = evs.all()
+	if len(got) != 4 || got[3].Method != "sla.resolved" || got[3].Breach.ID != opened[TypeLatency].ID {
+		t.Fatalf("latency resolution: events %s", describe(got))
 	}
-	settle()
 	if open := tr.OpenBreaches(); len(open) != 0 || evs.count() != 4 {
 		t.Fatalf("still open: %+v (%d events)", open, evs.count())
 	}
@@ -485,21 +580,23 @@ func TestUnjudgeableConditionStaysOpenAndRecoveryResolves(t *testing.T) {
 func TestTooFewSamplesKeepBreachOpen(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
+	tm := newTimers()
 	var evs events
 	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 20},
-		Hooks{Now: clk.now, Notify: evs.add})
+		tm.on(Hooks{Now: clk.now, Notify: evs.add}))
 	for i := 0; i < 20; i++ {
 		tr.Observe(300*time.Millisecond, false)
 	}
-	evs.wait(t, 1)
-	settle()
+	tm.evaluate(t, tr)
+	if n := evs.count(); n != 1 {
+		t.Fatalf("events %s", describe(evs.all()))
+	}
 	// An hour later, 5 tasks, every one three times too slow.
 	clk.add(61 * time.Minute)
 	for i := 0; i < 5; i++ {
 		tr.Observe(300*time.Millisecond, false)
 	}
-	settle()
-	tr.evaluate()
+	tm.evaluate(t, tr)
 	if open := tr.OpenBreaches(); len(open) != 1 || evs.count() != 1 {
 		t.Fatalf("5 slow tasks (min_samples 20) resolved the latency breach: open %+v, %d events", open, evs.count())
 	}
@@ -524,7 +621,7 @@ func TestComplianceDeductions(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := openTracker(t, db, Config{Agent: "urn:asap:agent:" + strings.ReplaceAll(tc.name, " ", "-"), Definition: tc.def, MinSamples: 20},
-				Hooks{Now: clk.now})
+				newTimers().on(Hooks{Now: clk.now}))
 			for i := 0; i < 100; i++ {
 				tr.Observe(200*time.Millisecond, i < 2) // 2 % failed, p95 200ms
 			}
@@ -570,7 +667,7 @@ func TestBudgetRemaining(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := openTracker(t, db, Config{Agent: "urn:asap:agent:" + strings.ReplaceAll(tc.name, " ", "-"), Definition: Definition{MaxErrorRate: tc.max}},
-				Hooks{Now: clk.now})
+				newTimers().on(Hooks{Now: clk.now}))
 			for i := 0; i < tc.completed+tc.fail; i++ {
 				tr.Observe(time.Millisecond, i < tc.fail)
 			}
@@ -584,11 +681,12 @@ func TestBudgetRemaining(t *testing.T) {
 func TestRecordHookRunsInTheBreachTransaction(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
+	tm := newTimers()
 	var evs events
 	var recorded []Event
 	auditKey := func(e Event) []byte { return storage.SpaceAudit.KeyString("sla-test", e.Method, e.Breach.ID) }
 	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 20},
-		Hooks{Now: clk.now, Notify: evs.add, Record: func(tx *storage.Tx, e Event) error {
+		tm.on(Hooks{Now: clk.now, Notify: evs.add, Record: func(tx *storage.Tx, e Event) error {
 			// The breach is staged in the same transaction.
 			if v, err := tx.Get(breachKey(agentA, e.Breach.ID)); err != nil || !strings.Contains(string(v), e.Breach.ID) {
 				return fmt.Errorf("breach not staged: %q %v", v, err)
@@ -596,17 +694,21 @@ func TestRecordHookRunsInTheBreachTransaction(t *testing.T) {
 			recorded = append(recorded, e)
 			tx.Set(auditKey(e), []byte(e.Method))
 			return nil
-		}})
+		}}))
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Second, false)
 	}
-	evs.wait(t, 1)
+	tm.evaluate(t, tr)
+	if n := evs.count(); n != 1 {
+		t.Fatalf("events %s", describe(evs.all()))
+	}
 	clk.add(2 * time.Hour)
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Millisecond, false)
 	}
-	got := evs.wait(t, 2)
-	if len(recorded) != 2 || recorded[0].Method != "sla.breach" || recorded[1].Method != "sla.resolved" ||
+	tm.evaluate(t, tr)
+	got := evs.all()
+	if len(got) != 2 || len(recorded) != 2 || recorded[0].Method != "sla.breach" || recorded[1].Method != "sla.resolved" ||
 		recorded[0].Breach.ID != got[0].Breach.ID || recorded[1].Breach.ID != got[0].Breach.ID {
 		t.Fatalf("recorded %+v, notified %+v", recorded, got)
 	}
@@ -631,17 +733,19 @@ func TestRecordHookRunsInTheBreachTransaction(t *testing.T) {
 func TestRecordHookErrorDropsTheWriteButStillNotifies(t *testing.T) {
 	db := newDB(t)
 	clk := newClock()
+	tm := newTimers()
 	var evs events
 	tr := openTracker(t, db, Config{Agent: agentA, Definition: Definition{MaxLatencyP95: 100 * time.Millisecond}, MinSamples: 20},
-		Hooks{Now: clk.now, Notify: evs.add, Record: func(tx *storage.Tx, e Event) error {
+		tm.on(Hooks{Now: clk.now, Notify: evs.add, Record: func(tx *storage.Tx, e Event) error {
 			tx.Set(storage.SpaceAudit.KeyString("sla-test", e.Breach.ID), []byte("x"))
 			return fmt.Errorf("audit log full")
-		}})
+		}}))
 	for i := 0; i < 20; i++ {
 		tr.Observe(time.Second, false)
 	}
-	got := evs.wait(t, 1)
-	if got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency {
+	tm.evaluate(t, tr)
+	got := evs.all()
+	if len(got) != 1 || got[0].Method != "sla.breach" || got[0].Breach.BreachType != TypeLatency {
 		t.Fatalf("notified %+v", got)
 	}
 	stored, err := Breaches(db, BreachFilter{})
@@ -662,7 +766,7 @@ func TestRecordHookErrorDropsTheWriteButStillNotifies(t *testing.T) {
 
 func TestCloseTwice(t *testing.T) {
 	db := newDB(t)
-	tr, err := Open(db, Config{Agent: agentA}, Hooks{Now: newClock().now})
+	tr, err := Open(db, Config{Agent: agentA}, newTimers().on(Hooks{Now: newClock().now}))
 	if err != nil {
 		t.Fatal(err)
 	}
