@@ -105,7 +105,7 @@ func (fz *wsFuzz) close() {
 func (fz *wsFuzz) dial(t *testing.T) {
 	t.Helper()
 	fz.close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, _, err := websocket.Dial(ctx, strings.Replace(fz.s.url, "http", "ws", 1)+"/asap/ws", nil)
 	if err != nil {
@@ -180,7 +180,7 @@ func (fz *wsFuzz) check(t *testing.T, input []byte) {
 		fz.dial(t)
 	}
 	start := fz.agentCount()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
 	if len(input) > fz.maxBody {
