@@ -157,38 +157,16 @@ func TestHeaderHasToken(t *testing.T) {
 	}
 }
 
-// reencodingAgent answers every call of a batch as a Python agent would:
-// the id decoded and encoded again ("\u0061" comes back as "a", 1e0 as 1),
-// 7 tokens in per task, except calls whose skill is "skip", which it
-// leaves unanswered.
+// reencodingAgent is an HTTP agent answering with pythonAnswers ("[]" for
+// a batch it answers none of).
 func reencodingAgent() *countingUpstream {
 	return &countingUpstream{answer: func(w http.ResponseWriter, r *http.Request, body []byte) {
-		var calls []struct {
-			ID     any `json:"id"`
-			Params struct {
-				Envelope struct {
-					ID      string `json:"id"`
-					Payload struct {
-						Skill string `json:"skill_id"`
-					} `json:"payload"`
-				} `json:"envelope"`
-			} `json:"params"`
-		}
-		if err := json.Unmarshal(body, &calls); err != nil {
-			http.Error(w, err.Error(), 400)
-			return
-		}
-		var out []string
-		for _, c := range calls {
-			if c.Params.Envelope.Payload.Skill == "skip" {
-				continue
-			}
-			id, _ := json.Marshal(c.ID)
-			out = append(out, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed","metrics":{"tokens_in":7}}}},"id":%s}`,
-				c.Params.Envelope.ID, id))
+		out, _ := pythonAnswers(body)
+		if out == "" {
+			out = "[]"
 		}
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, "["+strings.Join(out, ",")+"]")
+		fmt.Fprint(w, out)
 	}}
 }
 

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -22,7 +21,7 @@ import (
 )
 
 // FuzzWebSocketFrame sends arbitrary text frames on /asap/ws through one
-// real sidecar (started once per run) to a fuzzAgent and checks, frame by
+// real sidecar (started once per run) to a wsAgent and checks, frame by
 // frame, that nothing reaches the agent unchecked (SPEC §2a):
 //
 //  1. the sidecar neither panics nor stops serving: every input is
@@ -44,7 +43,9 @@ import (
 //
 // The seed corpus is in testdata/fuzz/FuzzWebSocketFrame.
 func FuzzWebSocketFrame(f *testing.F) {
-	agent := &fuzzAgent{}
+	// A read limit above max_body: the sidecar rightly forwards frames
+	// past coder/websocket's default 32 KiB.
+	agent := &wsAgent{readLimit: wsMaxAgentMessage}
 	srv := httptest.NewServer(agent)
 	f.Cleanup(srv.Close)
 	s := startSidecar(f, upstreamAddr(srv), "agent urn:asap:agent:demo\nmax_body 64KiB")
@@ -71,7 +72,7 @@ func FuzzWebSocketFrame(f *testing.F) {
 type wsFuzz struct {
 	mu      sync.Mutex
 	s       *sidecar
-	agent   *fuzzAgent
+	agent   *wsAgent
 	limits  protocol.Limits
 	maxBody int
 	nonce   string
@@ -547,73 +548,4 @@ func refusalReason(r json.RawMessage) string {
 	}
 	json.Unmarshal(r, &e)
 	return e.Error.Data.Reason
-}
-
-// fuzzAgent is wsAgent with a read limit above max_body: wsAgent keeps
-// coder/websocket's default of 32KiB and would break the socket on the
-// larger frames the sidecar rightly forwards. It answers as wsAgent does
-// (every call but those of skill "skip", ids decoded and encoded again)
-// and records, with each frame, how many calls it answered.
-type fuzzAgent struct {
-	mu       sync.Mutex
-	frames   [][]byte
-	answered []int
-}
-
-func (a *fuzzAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	conn, err := websocket.Accept(w, r, nil)
-	if err != nil {
-		return
-	}
-	defer conn.CloseNow()
-	conn.SetReadLimit(wsMaxAgentMessage)
-	ctx := r.Context()
-	for {
-		_, msg, err := conn.Read(ctx)
-		if err != nil {
-			return
-		}
-		batch := strings.HasPrefix(strings.TrimSpace(string(msg)), "[")
-		var calls []json.RawMessage
-		if batch {
-			json.Unmarshal(msg, &calls)
-		} else {
-			calls = []json.RawMessage{msg}
-		}
-		var answers []string
-		for _, raw := range calls {
-			var c struct {
-				ID     any `json:"id"`
-				Params struct {
-					Envelope struct {
-						ID      string `json:"id"`
-						Payload struct {
-							Skill string `json:"skill_id"`
-						} `json:"payload"`
-					} `json:"envelope"`
-				} `json:"params"`
-			}
-			json.Unmarshal(raw, &c)
-			if c.Params.Envelope.Payload.Skill == "skip" {
-				continue
-			}
-			id, _ := json.Marshal(c.ID)
-			answers = append(answers, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed","metrics":{"tokens_in":7}}}},"id":%s}`,
-				c.Params.Envelope.ID, id))
-		}
-		a.mu.Lock()
-		a.frames = append(a.frames, msg)
-		a.answered = append(a.answered, len(answers))
-		a.mu.Unlock()
-		if len(answers) == 0 {
-			continue
-		}
-		out := answers[0]
-		if batch {
-			out = "[" + strings.Join(answers, ",") + "]"
-		}
-		if conn.Write(ctx, websocket.MessageText, []byte(out)) != nil {
-			return
-		}
-	}
 }

@@ -18,12 +18,58 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 )
 
-// wsAgent is a WebSocket agent stand-in: it records every frame it gets
-// and answers each call as a Python agent would (ids decoded and encoded
-// again, 7 tokens in), except calls whose skill is "skip".
+// pythonAnswers answers a JSON-RPC body (one call or a batch) as a Python
+// agent would: ids decoded and encoded again, 7 tokens in per task, calls
+// whose skill is "skip" left unanswered. It returns the answer ("" when
+// no call is answered) and how many calls it answered.
+func pythonAnswers(body []byte) (string, int) {
+	batch := strings.HasPrefix(strings.TrimSpace(string(body)), "[")
+	var calls []json.RawMessage
+	if batch {
+		json.Unmarshal(body, &calls)
+	} else {
+		calls = []json.RawMessage{body}
+	}
+	var answers []string
+	for _, raw := range calls {
+		var c struct {
+			ID     any `json:"id"`
+			Params struct {
+				Envelope struct {
+					ID      string `json:"id"`
+					Payload struct {
+						Skill string `json:"skill_id"`
+					} `json:"payload"`
+				} `json:"envelope"`
+			} `json:"params"`
+		}
+		json.Unmarshal(raw, &c)
+		if c.Params.Envelope.Payload.Skill == "skip" {
+			continue
+		}
+		id, _ := json.Marshal(c.ID)
+		answers = append(answers, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed","metrics":{"tokens_in":7}}}},"id":%s}`,
+			c.Params.Envelope.ID, id))
+	}
+	switch {
+	case len(answers) == 0:
+		return "", 0
+	case batch:
+		return "[" + strings.Join(answers, ",") + "]", len(answers)
+	default:
+		return answers[0], 1
+	}
+}
+
+// wsAgent is a WebSocket agent stand-in: it records every frame it gets,
+// with how many of its calls it answered, and answers with pythonAnswers.
+// readLimit 0 keeps coder/websocket's default (32 KiB).
 type wsAgent struct {
-	mu     sync.Mutex
-	frames [][]byte
+	readLimit int64
+
+	mu       sync.Mutex
+	frames   [][]byte
+	answered []int
 }
 
 func (a *wsAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -32,51 +78,21 @@ func (a *wsAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.CloseNow()
+	if a.readLimit > 0 {
+		conn.SetReadLimit(a.readLimit)
+	}
 	ctx := r.Context()
 	for {
 		_, msg, err := conn.Read(ctx)
 		if err != nil {
 			return
 		}
+		out, n := pythonAnswers(msg)
 		a.mu.Lock()
 		a.frames = append(a.frames, msg)
+		a.answered = append(a.answered, n)
 		a.mu.Unlock()
-		batch := strings.HasPrefix(strings.TrimSpace(string(msg)), "[")
-		var calls []json.RawMessage
-		if batch {
-			json.Unmarshal(msg, &calls)
-		} else {
-			calls = []json.RawMessage{msg}
-		}
-		var answers []string
-		for _, raw := range calls {
-			var c struct {
-				ID     any `json:"id"`
-				Params struct {
-					Envelope struct {
-						ID      string `json:"id"`
-						Payload struct {
-							Skill string `json:"skill_id"`
-						} `json:"payload"`
-					} `json:"envelope"`
-				} `json:"params"`
-			}
-			json.Unmarshal(raw, &c)
-			if c.Params.Envelope.Payload.Skill == "skip" {
-				continue
-			}
-			id, _ := json.Marshal(c.ID)
-			answers = append(answers, fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed","metrics":{"tokens_in":7}}}},"id":%s}`,
-				c.Params.Envelope.ID, id))
-		}
-		if len(answers) == 0 {
-			continue
-		}
-		out := answers[0]
-		if batch {
-			out = "[" + strings.Join(answers, ",") + "]"
-		}
-		if conn.Write(ctx, websocket.MessageText, []byte(out)) != nil {
+		if n > 0 && conn.Write(ctx, websocket.MessageText, []byte(out)) != nil {
 			return
 		}
 	}
