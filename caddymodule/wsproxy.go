@@ -274,11 +274,12 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 		select {
 		case s.slots <- struct{}{}:
 		case <-ctx.Done():
-			for _, wc := range calls {
+			// Nothing of the frame was forwarded: give everything back.
+			for range calls {
 				<-s.slots
-				wc.grant.reservation.Release()
-				h.releaseIdentities([]callIdentity{wc.id})
 			}
+			releaseUnanswered(grants)
+			h.releaseIdentities(ids)
 			return false
 		}
 		wc := &wsCall{call: c, grant: grants[i], started: now}
