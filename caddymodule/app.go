@@ -252,7 +252,9 @@ func (a *App) startLoops() {
 		a.loops.Add(1)
 		go func(h *Handler) {
 			defer a.loops.Done()
-			h.checkpointLoop(a.stopLoops)
+			t := time.NewTicker(h.CheckpointInterval.Std())
+			defer t.Stop()
+			h.checkpointLoop(a.stopLoops, t.C)
 		}(h)
 	}
 }

@@ -58,16 +58,14 @@ func (s auditService) Verifier() note.Verifier {
 	return nil
 }
 
-// checkpointLoop signs a checkpoint every interval while the log grows,
+// checkpointLoop signs a checkpoint on every tick while the log grows,
 // until stop is closed.
-func (h *Handler) checkpointLoop(stop <-chan struct{}) {
-	t := time.NewTicker(h.CheckpointInterval.Std())
-	defer t.Stop()
+func (h *Handler) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time) {
 	for {
 		select {
 		case <-stop:
 			return
-		case <-t.C:
+		case <-tick:
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			if _, err := (auditService{h}).Checkpoint(ctx); err != nil {
 				h.logger.Warn("signing the audit checkpoint", zap.Error(err))

@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
@@ -105,5 +106,40 @@ func TestRetryWritesOneUsageEntry(t *testing.T) {
 	}
 	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 3 {
 		t.Fatalf("counts = %+v, want the 3 forwarded calls", c)
+	}
+}
+
+// The checkpoint loop signs the log as it stands on each tick.
+func TestCheckpointLoopSignsOnEachTick(t *testing.T) {
+	s := startSidecar(t, "", "agent urn:asap:agent:demo")
+	for i := 0; i < 3; i++ {
+		post(t, s.url+"/asap", rpc("r", envelope(fmt.Sprintf("01JCHECKPOINT00000000000%02d", i), "echo", `{}`)))
+	}
+	h := runningHandler(t)
+	tick, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
+	go func() { h.checkpointLoop(stop, tick); close(done) }()
+	send := func() {
+		t.Helper()
+		select {
+		case tick <- time.Now():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the checkpoint loop did not take a tick within 10s")
+		}
+	}
+	send()
+	send() // taken only once the first tick was handled
+	var v struct{ Size uint64 }
+	if code := getJSON(t, "http://"+s.adminAddr+"/asap/audit/verify", &v); code != 200 || v.Size == 0 {
+		t.Fatalf("verify: %d %+v", code, v)
+	}
+	note, size, err := h.store.audit.LatestCheckpoint()
+	if err != nil || size != v.Size || !strings.Contains(string(note), "urn:asap:agent:demo/audit") {
+		t.Fatalf("latest checkpoint at size %d (%v), log size %d:\n%s", size, err, v.Size, note)
+	}
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the checkpoint loop did not stop")
 	}
 }
