@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/storage"
+	"github.com/dgraph-io/badger/v4"
 )
 
 // The tests in this file pin down behaviour that mutation testing
@@ -123,5 +124,134 @@ func TestLedgerRevokeAbortsWhenAlsoFails(t *testing.T) {
 	}
 	if strings.Join(ran, " ") != "first second" {
 		t.Fatalf("steps run %v, want both", ran)
+	}
+}
+
+// fakeLink is a parsed link with just what the ledger reads: issuer, id,
+// expiry, and a hash of its own.
+func fakeLink(name string, exp int64) *Link {
+	return &Link{Raw: name, Hash: HashOf(name), Claims: Claims{Issuer: "urn:asap:agent:" + name, ID: "del_" + name, Expiry: ptrDate(exp)}}
+}
+
+// The in-memory counts are pruned on every 1024th reservation, not more
+// often (pruning walks every count), and only those of tokens idle and
+// expired for more than an hour go.
+func TestLedgerPruneCadenceAndGrace(t *testing.T) {
+	e := newLedgerEnv(t)
+	now := time.Unix(1_800_000_000, 0)
+	exps := map[string]int64{
+		"expired-1h1s": now.Unix() - 3601,
+		"expired-1h":   now.Unix() - 3600,
+		"expired-1s":   now.Unix() - 1,
+		"live":         now.Unix() + 10,
+	}
+	ops := 0
+	reserve := func(l *Link) {
+		t.Helper()
+		r, rej := e.l.Reserve(&Chain{Links: []*Link{l}}, now)
+		if rej != nil {
+			t.Fatal(rej)
+		}
+		r.Finish()
+		ops++
+	}
+	held := func() map[string]bool {
+		e.l.mu.Lock()
+		defer e.l.mu.Unlock()
+		out := map[string]bool{}
+		for name := range exps {
+			_, out[name] = e.l.used[HashOf(name)]
+		}
+		return out
+	}
+	for name, exp := range exps {
+		reserve(fakeLink(name, exp))
+	}
+	fresh := fakeLink("fresh", now.Unix()+7200)
+	for ops < 1024 {
+		for name, ok := range held() {
+			if !ok {
+				t.Fatalf("count of %s pruned after %d reservations, before the 1024th", name, ops)
+			}
+		}
+		reserve(fresh)
+	}
+	want := map[string]bool{"expired-1h1s": false, "expired-1h": true, "expired-1s": true, "live": true}
+	if got := held(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("held after the 1024th reservation %v, want %v", got, want)
+	}
+}
+
+// expiresAt closes e's database, reads the Badger expiry (Unix seconds, 0
+// for none) of keys straight from its files, and opens it again.
+func expiresAt(t *testing.T, e *ledgerEnv, keys ...[]byte) []int64 {
+	t.Helper()
+	if err := e.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	bdb, err := badger.Open(badger.DefaultOptions(e.dir).WithLogger(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]int64, len(keys))
+	err = bdb.View(func(txn *badger.Txn) error {
+		for i, k := range keys {
+			item, err := txn.Get(k)
+			if err != nil {
+				return fmt.Errorf("key %q: %w", k, err)
+			}
+			out[i] = int64(item.ExpiresAt())
+		}
+		return nil
+	})
+	bdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.open(t)
+	return out
+}
+
+// A token's task count is kept until a day after it expires, its Seen
+// record until a week after; both at least an hour.
+func TestLedgerStageTTLs(t *testing.T) {
+	e := newLedgerEnv(t)
+	now := time.Now()
+	live := fakeLink("live", now.Add(2*time.Hour).Unix())
+	gone := fakeLink("gone", now.Add(-30*24*time.Hour).Unix())
+	// Badger's expiry is the time of the write plus the TTL Stage chose
+	// then: bounded by the clock before and after the commit.
+	var before, after int64
+	for _, l := range []*Link{live, gone} {
+		r, rej := e.l.Reserve(&Chain{Links: []*Link{l}}, now)
+		if rej != nil {
+			t.Fatal(rej)
+		}
+		if l == live {
+			before = time.Now().Unix()
+		}
+		if err := e.db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error { return r.Stage(tx, now) }); err != nil {
+			t.Fatal(err)
+		}
+		r.Finish()
+	}
+	after = time.Now().Unix() + 1
+	key := func(l *Link) []byte { return seenKey(l.Claims.Issuer, l.Claims.ID, l.Hash) }
+	got := expiresAt(t, e, countKey(live.Hash), key(live), countKey(gone.Hash), key(gone))
+	day, week, hour := int64(24*3600), int64(7*24*3600), int64(3600)
+	exp := int64(*live.Claims.Expiry)
+	spread := after - before
+	for i, w := range []struct {
+		what   string
+		lo, hi int64
+	}{
+		{"count of a live token", exp + day - 1, exp + day + spread},
+		{"Seen of a live token", exp + week - 1, exp + week + spread},
+		{"count of a long expired token", before + hour, after + hour},
+		{"Seen of a long expired token", before + hour, after + hour},
+	} {
+		if got[i] < w.lo || got[i] > w.hi {
+			t.Errorf("%s expires at %s, want within %s..%s", w.what, time.Unix(got[i], 0).UTC(), time.Unix(w.lo, 0).UTC(), time.Unix(w.hi, 0).UTC())
+		}
 	}
 }
