@@ -255,3 +255,33 @@ func TestLedgerStageTTLs(t *testing.T) {
 		}
 	}
 }
+
+// A minted token's record is kept until a week after the token expires,
+// and at least an hour.
+func TestLedgerRecordTTL(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	for _, tc := range []struct {
+		exp  time.Time
+		want time.Duration
+	}{
+		{now.Add(2 * time.Hour), 2*time.Hour + 7*24*time.Hour},
+		{now.Add(-6 * 24 * time.Hour), 24 * time.Hour},
+		{now.Add(-30 * 24 * time.Hour), time.Hour},
+	} {
+		if got := recordTTL(&Record{ExpiresAt: tc.exp}, now); got != tc.want {
+			t.Errorf("recordTTL of a token expiring %v from now = %v, want %v", tc.exp.Sub(now), got, tc.want)
+		}
+	}
+
+	f := newFixture(t)
+	e := newLedgerEnv(t)
+	before := time.Now().Unix()
+	m, _ := mintRecorded(t, e.l, Grant{Issuer: f.self.urn, Delegate: f.alice.urn, Scopes: []string{ScopeTaskExecute}, TTL: time.Hour}, f.self.priv)
+	after := time.Now().Unix() + 1
+	got := expiresAt(t, e, issuedKey(m.Claims.ID))[0]
+	lo := int64(*m.Claims.Expiry) + 7*24*3600 - (after - before) - 1
+	hi := int64(*m.Claims.Expiry) + 7*24*3600 + (after - before) + 1
+	if got < lo || got > hi {
+		t.Fatalf("record of a token expiring %s is kept until %s, want a week later", time.Unix(int64(*m.Claims.Expiry), 0).UTC(), time.Unix(got, 0).UTC())
+	}
+}
