@@ -285,3 +285,55 @@ func TestLedgerRecordTTL(t *testing.T) {
 		t.Fatalf("record of a token expiring %s is kept until %s, want a week later", time.Unix(int64(*m.Claims.Expiry), 0).UTC(), time.Unix(got, 0).UTC())
 	}
 }
+
+// Under a parent with max_tasks, a child may take the parent's limit
+// itself (inherited, or asked for explicitly) but no more; a limit of 0
+// is a limit too. Every such child verifies under its parent.
+func TestMintMaxTasksAtTheParentsLimit(t *testing.T) {
+	f := newFixture(t)
+	v := f.verifier()
+	v.Now = func() time.Time { return f.t0.Add(time.Minute) }
+	for _, pm := range []int64{0, 5} {
+		_, parent := f.mintRoot(t, Grant{TTL: time.Hour, MaxTasks: i64(pm)})
+		for _, ask := range []*int64{nil, i64(pm)} {
+			m, err := Mint(Grant{Issuer: f.alice.urn, Delegate: f.bob.urn, Scopes: []string{ScopeTaskExecute}, Parent: parent, MaxTasks: ask,
+				Now: f.t0.Add(time.Minute)}, f.alice.priv)
+			if err != nil {
+				t.Fatalf("parent max_tasks %d, child asks %v: %v", pm, ask, err)
+			}
+			if m.Claims.Constraints == nil || m.Claims.Constraints.MaxTasks == nil || *m.Claims.Constraints.MaxTasks != pm {
+				t.Fatalf("parent max_tasks %d, child asks %v: child constraints %+v, want max_tasks %d", pm, ask, m.Claims.Constraints, pm)
+			}
+			mustVerify(t, v, m.Chain)
+		}
+		_, err := Mint(Grant{Issuer: f.alice.urn, Delegate: f.bob.urn, Scopes: []string{ScopeTaskExecute}, Parent: parent, MaxTasks: i64(pm + 1),
+			Now: f.t0.Add(time.Minute)}, f.alice.priv)
+		if !errors.Is(err, ErrInvalidGrant) {
+			t.Fatalf("parent max_tasks %d, child asks %d: %v, want refused", pm, pm+1, err)
+		}
+	}
+}
+
+// A child copies its parent's nbf only when the parent opens after the
+// child is issued; a parent open from the child's iat on adds no nbf.
+func TestMintCopiesParentNbfOnlyWhenLater(t *testing.T) {
+	f := newFixture(t)
+	v := f.verifier()
+	parent := mustVerify(t, v, f.sign(with(f.rootClaims(), "nbf", f.t0.Unix()), f.self))
+	for _, tc := range []struct {
+		now     time.Time
+		wantNbf bool
+	}{{f.t0, false}, {f.t0.Add(time.Second), false}, {f.t0.Add(-time.Second), true}} {
+		m, err := Mint(Grant{Issuer: f.alice.urn, Delegate: f.bob.urn, Scopes: []string{ScopeTaskExecute}, Parent: parent, Now: tc.now}, f.alice.priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.Claims.NotBefore != nil; got != tc.wantNbf {
+			t.Fatalf("child issued %v after the parent's nbf: nbf %v, want nbf set %v", tc.now.Sub(f.t0), m.Claims.NotBefore, tc.wantNbf)
+		}
+		if tc.wantNbf && int64(*m.Claims.NotBefore) != f.t0.Unix() {
+			t.Fatalf("child nbf %d, want the parent's %d", *m.Claims.NotBefore, f.t0.Unix())
+		}
+		mustVerify(t, v, m.Chain)
+	}
+}
