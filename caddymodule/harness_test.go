@@ -125,6 +125,9 @@ func (s *sidecar) load(options string) {
 	if err := caddy.Load(cfg, true); err != nil {
 		s.t.Fatalf("loading config: %v", err)
 	}
+	// Kept-alive connections to the old servers are being closed: a POST
+	// sent on one would be reset, and POSTs are not retried.
+	client.CloseIdleConnections()
 	s.options = options
 }
 
