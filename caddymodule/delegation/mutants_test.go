@@ -2,6 +2,7 @@ package delegation
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -335,5 +336,31 @@ func TestMintCopiesParentNbfOnlyWhenLater(t *testing.T) {
 			t.Fatalf("child nbf %d, want the parent's %d", *m.Claims.NotBefore, f.t0.Unix())
 		}
 		mustVerify(t, v, m.Chain)
+	}
+}
+
+// Dates from 0 to 2^40 seconds inclusive are accepted; outside, refused.
+func TestNumericDateRange(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1099511627776": 1 << 40, "1700000000.9": 1_700_000_000} {
+		var d NumericDate
+		if err := json.Unmarshal([]byte(in), &d); err != nil || int64(d) != want {
+			t.Errorf("date %s: %d, %v; want %d", in, d, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "-0.5", "1099511627777", `"1"`} {
+		var d NumericDate
+		if err := json.Unmarshal([]byte(in), &d); err == nil {
+			t.Errorf("date %s accepted as %d", in, d)
+		}
+	}
+}
+
+// Audience.UnmarshalJSON refuses empty input instead of panicking.
+func TestAudienceUnmarshalEmpty(t *testing.T) {
+	for _, in := range [][]byte{nil, {}, []byte("  \n")} {
+		var a Audience
+		if err := a.UnmarshalJSON(in); err == nil {
+			t.Errorf("Audience.UnmarshalJSON(%q) accepted: %q", in, a)
+		}
 	}
 }
