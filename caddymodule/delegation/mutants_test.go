@@ -364,3 +364,24 @@ func TestAudienceUnmarshalEmpty(t *testing.T) {
 		}
 	}
 }
+
+// truncate keeps a string of exactly n bytes whole, and marks a cut.
+func TestTruncateAtTheLimit(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		n    int
+		want string
+	}{{"abc", 3, "abc"}, {"abcd", 3, "abc…"}, {"", 0, ""}, {"ab", 3, "ab"}} {
+		if got := truncate(tc.s, tc.n); got != tc.want {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tc.s, tc.n, got, tc.want)
+		}
+	}
+	// An untrusted issuer of exactly 64 bytes is named whole.
+	f := newFixture(t)
+	iss := "urn:asap:agent:" + strings.Repeat("x", 64-len("urn:asap:agent:"))
+	_, rej := f.verifier().Verify(f.sign(with(f.rootClaims(), "iss", iss), f.evil))
+	wantRejection(t, rej, ClassSignature, "untrusted_issuer")
+	if !strings.Contains(rej.Detail, "issuer "+iss+" is not trusted") {
+		t.Fatalf("detail %q does not name the 64-byte issuer whole", rej.Detail)
+	}
+}
