@@ -385,3 +385,16 @@ func TestTruncateAtTheLimit(t *testing.T) {
 		t.Fatalf("detail %q does not name the 64-byte issuer whole", rej.Detail)
 	}
 }
+
+// A header of exactly MaxSize bytes is accepted; one byte more is not.
+func TestVerifyExactlyMaxSize(t *testing.T) {
+	f := newFixture(t)
+	r := f.root()
+	v := f.verifier()
+	v.MaxSize = len(r)
+	mustVerify(t, v, r)
+	v = f.verifier()
+	v.MaxSize = len(r) - 1
+	_, rej := v.Verify(r)
+	wantRejection(t, rej, ClassMalformed, "token_too_large")
+}
