@@ -358,3 +358,29 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The handshake timeout bounds the handshake only: a socket lives on
+// after it. Before, the route's request carried the dial's context, and
+// reverse_proxy closed the agent's side once that context expired, so
+// every socket older than the timeout broke ("the agent's connection
+// broke"). The wait below is the point of the test: with the bug the
+// socket is gone long before it ends.
+func TestWebSocketOutlivesTheHandshakeTimeout(t *testing.T) {
+	saved := wsHandshakeTimeout
+	wsHandshakeTimeout = 100 * time.Millisecond
+	defer func() { wsHandshakeTimeout = saved }()
+	agent := &wsAgent{}
+	srv := httptest.NewServer(agent)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	conn := dialWS(t, s, "")
+	for i, id := range []string{"01JWSLIVES0000000000000001", "01JWSLIVES0000000000000002"} {
+		if i > 0 {
+			time.Sleep(10 * wsHandshakeTimeout)
+		}
+		msg := exchange(t, conn, rpc("r", envelope(id, "echo", `{}`)))
+		if a := decodeAnswer(t, msg); a.Result == nil {
+			t.Fatalf("call %d: answer %s", i+1, msg)
+		}
+	}
+}

@@ -80,10 +80,14 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next ca
 		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
 			"the sidecar's storage is not available; retry later").JSON())
 	}
+	// The tunnel to the agent lives until this session ends, past a
+	// client that left (drain); the timeout bounds the handshake only.
+	tunnel, endTunnel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer endTunnel()
 	dialCtx, cancel := context.WithTimeout(r.Context(), wsHandshakeTimeout)
 	defer cancel()
 	agent, resp, err := websocket.Dial(dialCtx, "ws://"+r.Host+r.URL.RequestURI(), &websocket.DialOptions{
-		HTTPClient:      &http.Client{Transport: routeTransport{next: next, base: r}},
+		HTTPClient:      &http.Client{Transport: routeTransport{next: next, base: r, tunnel: tunnel}},
 		HTTPHeader:      forwardedHandshakeHeaders(r.Header),
 		Subprotocols:    headerTokens(r.Header, "Sec-WebSocket-Protocol"),
 		CompressionMode: websocket.CompressionDisabled,

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -23,10 +24,14 @@ type routeTransport struct {
 	// base is the client's handshake: its context carries Caddy's
 	// per-request state the route needs.
 	base *http.Request
+	// tunnel bounds the tunnel's life. It is not the dial's context:
+	// reverse_proxy closes the agent's side when its request's context
+	// ends, and the dial's ends with the handshake timeout.
+	tunnel context.Context
 }
 
 func (t routeTransport) RoundTrip(dial *http.Request) (*http.Response, error) {
-	req := t.base.Clone(dial.Context())
+	req := t.base.Clone(t.tunnel)
 	req.Method = http.MethodGet
 	req.Body, req.ContentLength, req.GetBody = http.NoBody, 0, nil
 	req.Header = dial.Header.Clone()
