@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"compress/zlib"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/andybalholm/brotli"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // The tests in this file reproduce ways around the guard (SPEC §2a): each
@@ -500,5 +502,50 @@ func TestAgentTaskIDWithControlCharacters(t *testing.T) {
 	ev, ok := usageEvents(t, runningDB(t))["01JTASKCTRL000000000000001"]
 	if !ok || ev.TaskID != "01JTASKCTRL000000000000001" || ev.Status != "failed" {
 		t.Fatalf("event %+v (found %v), want it under the envelope id, failed", ev, ok)
+	}
+}
+
+// A different call under a stored envelope id holds its in-flight claim
+// for a moment while it is checked (and then refused). A retry of the
+// stored call arriving in that moment is still a retry: it must run, not
+// be refused as a reuse. Seen under load in the invariant test; here the
+// refused call's claim is taken by hand so the interleaving is certain.
+func TestRetryIsNotRefusedWhileAReuseIsBeingChecked(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	const id = "01JRETRYWHILEREUSE00000001"
+	orig := envelope(id, "echo", `{"text":"a"}`)
+	if _, b := post(t, s.url+"/asap", rpc("r1", orig)); decodeAnswer(t, b).Error != nil {
+		t.Fatalf("first call: %s", b)
+	}
+
+	h := runningHandler(t)
+	key := string(storage.SpaceUsageSeen.SizedString("urn:asap:agent:demo", "urn:asap:agent:client", id))
+	other := sha256.Sum256([]byte("a different call under the same id"))
+	if !h.store.calls.claim(key, other) {
+		t.Fatal("claim refused: nothing else is in flight")
+	}
+	_, b := post(t, s.url+"/asap", rpc("r2", orig))
+	if a := decodeAnswer(t, b); a.Error != nil {
+		t.Fatalf("a retry of a stored call was refused while another call under its id was being checked: %s", b)
+	}
+	if up.count() != 2 {
+		t.Fatalf("agent hits %d, want 2", up.count())
+	}
+	// The retry took no claim of its own: releasing the other call's
+	// claim empties the table, so a later different call is judged on
+	// the stored digest alone, and refused.
+	h.store.calls.release(key)
+	if n := len(h.store.calls.m); n != 0 {
+		t.Fatalf("%d in-flight claims left after every call ended", n)
+	}
+	_, b = post(t, s.url+"/asap", rpc("r3", envelope(id, "echo", `{"text":"b"}`)))
+	if a := decodeAnswer(t, b); a.Error == nil || a.Error.Data["reason"] != "envelope_id_reused" {
+		t.Fatalf("a different call under a stored id: %s", b)
+	}
+	if got := usageByConsumer(t)[[2]string{"urn:asap:agent:client", id}]; got != 1 {
+		t.Fatalf("%d usage events for the id, want 1", got)
 	}
 }

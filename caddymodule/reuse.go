@@ -60,6 +60,9 @@ func (f *inFlight) release(key string) {
 type callIdentity struct {
 	key    string
 	digest [sha256.Size]byte
+	// claimed is whether the call holds an in-flight claim to release;
+	// a retry of a stored call may go on without one.
+	claimed bool
 }
 
 // refuseReusedIDs refuses (envelope_id_reused) every accepted call that
@@ -84,15 +87,22 @@ func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants 
 		}
 		agent := h.agentOf(env)
 		id := callIdentity{key: string(storage.SpaceUsageSeen.SizedString(agent, env.Sender, env.ID)), digest: sha256.Sum256(env.Raw)}
-		reused := !h.store.calls.claim(id.key, id.digest)
-		if !reused {
-			stored, ok, err := meter.Seen(agent, env.Sender, env.ID)
-			if err != nil {
-				h.logger.Warn("reading a dedup marker; the call goes on", zap.String("envelope_id", env.ID), zap.Error(err))
-			}
-			if reused = ok && len(stored) > 0 && !bytes.Equal(stored, id.digest[:]); reused {
-				h.store.calls.release(id.key)
-			}
+		id.claimed = h.store.calls.claim(id.key, id.digest)
+		stored, ok, err := meter.Seen(agent, env.Sender, env.ID)
+		if err != nil {
+			h.logger.Warn("reading a dedup marker; the call goes on", zap.String("envelope_id", env.ID), zap.Error(err))
+		}
+		// Claim first, then read the marker: a different call stored
+		// between the two cannot slip by. A claim held by a different
+		// call is no reuse when this call is the one stored (a retry):
+		// the other call is being refused.
+		storedHere := ok && len(stored) > 0
+		reused := storedHere && !bytes.Equal(stored, id.digest[:])
+		if !id.claimed && !storedHere {
+			reused = true
+		}
+		if reused && id.claimed {
+			h.store.calls.release(id.key)
 		}
 		if reused {
 			c.Err = protocol.NewError(protocol.CodeInvalidRequest, "envelope_id_reused",
@@ -109,7 +119,7 @@ func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants 
 // releaseIdentities gives back what refuseReusedIDs claimed.
 func (h *Handler) releaseIdentities(ids []callIdentity) {
 	for _, id := range ids {
-		if id.key != "" {
+		if id.claimed {
 			h.store.calls.release(id.key)
 		}
 	}
