@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 func upstreamAddr(srv *httptest.Server) string {
@@ -46,7 +47,8 @@ func TestTaskPassesThroughByteIdentical(t *testing.T) {
 	if string(up.last()) != body {
 		t.Fatalf("agent got a different request:\n got %q\nwant %q", up.last(), body)
 	}
-	// Strict durability: the usage event is there as soon as the answer is.
+	// The usage event is there once the answer is (that the answer waits
+	// for the write is TestStrictAnswerWaitsForItsRecords).
 	ev, ok := usageEvents(t, runningDB(t))["01JREQ0000000000000000001"]
 	if !ok {
 		t.Fatal("usage event missing right after the answer")
@@ -55,6 +57,66 @@ func TestTaskPassesThroughByteIdentical(t *testing.T) {
 		ev.PayloadType != "task.request" || ev.TokensIn != 11 || ev.TokensOut != 22 || ev.APICalls != 3 ||
 		time.Since(ev.Timestamp) > time.Minute {
 		t.Fatalf("event = %+v", ev)
+	}
+}
+
+// Strict durability: no answer leaves before its records are stored. The
+// commit pipeline is held by a write that blocks; the agent's answer must
+// wait behind it, and come with its usage event once it is let go.
+func TestStrictAnswerWaitsForItsRecords(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
+	db := runningDB(t)
+
+	inPipeline, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	held := db.Submit(storage.Strict, func(tx *storage.Tx) error {
+		once.Do(func() { close(inPipeline) })
+		<-release
+		return nil
+	})
+	select {
+	case <-inPipeline:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking write never reached the pipeline")
+	}
+	answered := make(chan []byte, 1)
+	go func() {
+		resp, err := http.Post(s.url+"/asap", "application/json", strings.NewReader(rpc("r1", envelope("01JREQHELD000000000000001", "echo", `{}`))))
+		if err != nil {
+			answered <- []byte(err.Error())
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		answered <- b
+	}()
+	waitFor(t, func() bool { return up.count() == 1 })
+	// The agent has answered; the client must not see it while the
+	// pipeline is held. A window is the only way to show an absence; a
+	// sidecar that answers first fails here at once.
+	select {
+	case b := <-answered:
+		close(release)
+		t.Fatalf("answered before its records could be stored: %s", b)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := held.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-answered:
+		if decodeAnswer(t, b).Error != nil {
+			t.Fatalf("answer %s", b)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer after the pipeline was let go")
+	}
+	if _, ok := usageEvents(t, db)["01JREQHELD000000000000001"]; !ok {
+		t.Fatal("answered, but its usage event is not stored")
 	}
 }
 

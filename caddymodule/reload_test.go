@@ -66,11 +66,16 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 			}
 		}(w)
 	}
+	// Each reload happens while calls flow: wait for answers between them.
+	flowing := func() {
+		before := ok.Load()
+		waitFor(t, func() bool { return ok.Load() >= before+20 })
+	}
 	for i := 0; i < 6; i++ {
-		time.Sleep(150 * time.Millisecond)
+		flowing()
 		s.load(fmt.Sprintf("agent urn:asap:agent:demo\nmax_body %dKiB", 1024+i))
 	}
-	time.Sleep(150 * time.Millisecond)
+	flowing()
 	close(stop)
 	wg.Wait()
 	t.Logf("%d calls, %d connection-level retries", ok.Load(), retries.Load())

@@ -192,7 +192,17 @@ func TestAvailabilityBreachFromHealthChecks(t *testing.T) {
 	// Health checks reach the agent through the route once a request
 	// showed the way.
 	post(t, s.url+"/asap", rpc("r", envelope("01JHEALTH00000000000000001", "echo", `{}`)))
-	time.Sleep(800 * time.Millisecond)
+	// Healthy checks first: the breach below is the agent's change, not
+	// a start-up artefact.
+	waitFor(t, func() bool {
+		var st struct {
+			Data []struct {
+				Metrics sla.Metrics `json:"metrics"`
+			} `json:"data"`
+		}
+		getJSON(t, "http://"+s.adminAddr+"/asap/sla?window=1h", &st)
+		return len(st.Data) == 1 && st.Data[0].Metrics.HealthChecks >= 5 && st.Data[0].Metrics.UptimePercent == 100
+	})
 	if resp, err := http.Post(url+"/demo/health", "application/json", strings.NewReader(`{"healthy":false}`)); err != nil || resp.StatusCode != 204 {
 		t.Fatalf("making the agent unhealthy: %v", err)
 	}

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 
@@ -127,14 +126,19 @@ func TestCLIReloadUnderTraffic(t *testing.T) {
 			}
 		}(w)
 	}
+	// Each reload happens while calls flow: wait for answers between them.
+	flowing := func() {
+		before := ok.Load()
+		waitUntil(t, func() bool { return ok.Load() >= before+20 })
+	}
 	for i := 0; i < 5; i++ {
-		time.Sleep(200 * time.Millisecond)
+		flowing()
 		s.writeConfig(fmt.Sprintf("agent urn:asap:agent:demo\nmax_body %dKiB", 2048+i))
 		if out, err := cli(t, "reload", "--config", s.file, "--adapter", "caddyfile", "--address", s.admin); err != nil {
 			t.Fatalf("reload %d: %v: %s", i, err, out)
 		}
 	}
-	time.Sleep(200 * time.Millisecond)
+	flowing()
 	close(stop)
 	wg.Wait()
 
