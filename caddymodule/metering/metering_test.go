@@ -175,6 +175,7 @@ func TestParseMetrics(t *testing.T) {
 		{"every field bad, in field order", `{"api_calls":-1,"tokens_used":"u","tokens_out":false,"tokens_in":{}}`, 0, 0, 0,
 			[]string{"tokens_in={}", "tokens_out=false", `tokens_used="u"`, "api_calls=-1"}},
 		{"long value truncated to 32 bytes", `{"tokens_in":` + long + `}`, 0, 0, 0, []string{"tokens_in=" + long[:32] + "…"}},
+		{"a value of exactly 32 bytes kept whole", `{"tokens_in":"` + strings.Repeat("b", 30) + `"}`, 0, 0, 0, []string{`tokens_in="` + strings.Repeat("b", 30) + `"`}},
 		{"metrics is an array", `[1,2]`, 0, 0, 0, []string{"metrics is not an object"}},
 		{"metrics is a string", `"tokens"`, 0, 0, 0, []string{"metrics is not an object"}},
 		{"metrics is a number", `42`, 0, 0, 0, []string{"metrics is not an object"}},
@@ -268,6 +269,22 @@ func TestValidateLengthLimitCountsCharacters(t *testing.T) {
 	e.TaskID = strings.Repeat("é", 257)
 	if err := e.Validate(); err == nil {
 		t.Fatal("257 characters accepted")
+	}
+}
+
+// The first and last years the store keys are accepted.
+func TestValidateTimestampYearEdges(t *testing.T) {
+	for _, ts := range []string{"1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"} {
+		e := validEvent()
+		e.Timestamp = mustTime(ts)
+		if err := e.Validate(); err != nil {
+			t.Errorf("%s: %v", ts, err)
+		}
+	}
+	e := validEvent()
+	e.Timestamp = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := e.Validate(); err == nil {
+		t.Error("year 10000 accepted")
 	}
 }
 
