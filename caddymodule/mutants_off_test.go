@@ -1,0 +1,5 @@
+//go:build !mutants
+
+package caddymodule
+
+const underMutants = false
