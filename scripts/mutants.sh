@@ -27,5 +27,8 @@ for p in "${pkgs[@]}"; do
 		done
 	fi
 	echo "== $p"
+	# gremlins times each mutant against the coverage run: a cached
+	# result would make that baseline near zero and every mutant time out.
+	go clean -testcache
 	"$gremlins" unleash --workers 2 --timeout-coefficient 5 -S lt "${extra[@]}" -o "$out" "./$p" | tail -n 60
 done
