@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -590,7 +591,7 @@ func TestVerifyHeadTampering(t *testing.T) {
 	})
 	t.Run("hash", func(t *testing.T) {
 		v := verified(t, 12, nil, nil, editHead(func(h *head) { h.Hash = strings.Repeat("ab", 32) }))
-		expectBad(t, v, 12, "head")
+		expectBad(t, v, 12, "the head's last hash is not entry 11's")
 	})
 	t.Run("root", func(t *testing.T) {
 		v := verified(t, 12, nil, nil, editHead(func(h *head) { h.Range[0] = bytes.Repeat([]byte{1}, 32) }))
@@ -1172,5 +1173,77 @@ func TestPrepareErrors(t *testing.T) {
 		if err2 := r.Prepare(); err2 == nil || err2.Error() != err.Error() {
 			t.Errorf("second Prepare: %v", err2)
 		}
+	}
+}
+
+// The time-window queries start where a bisection over the entries says;
+// a search that falls back to scanning from 0 answers the same, only
+// slower, so the bisection is checked itself, against the model.
+func TestFirstAtOrAfterBisects(t *testing.T) {
+	db, _, model := queryLog(t)
+	want := func(at time.Time) uint64 {
+		for i, m := range model {
+			if !m.at.Before(at) {
+				return uint64(i)
+			}
+		}
+		return uint64(len(model))
+	}
+	var probes []time.Time
+	for _, m := range model {
+		probes = append(probes, m.at.Add(-time.Nanosecond), m.at, m.at.Add(time.Nanosecond))
+	}
+	probes = append(probes, t0.Add(-time.Hour), model[len(model)-1].at.Add(time.Hour))
+	err := db.View(func(r *storage.Reader) error {
+		for _, at := range probes {
+			got, err := firstAtOrAfter(r, at)
+			if err != nil {
+				return err
+			}
+			if got != want(at) {
+				t.Errorf("first entry at or after %v: %d, want %d", at, got, want(at))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A checkpoint of a log that has not grown is the stored one: nothing is
+// signed or written again. Shown with the commit pipeline held and a
+// context already cancelled, which any write would fail on.
+func TestCheckpointOfAnUnchangedLogWritesNothing(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	l := New(db)
+	s, _ := testSigner(t)
+	fill(t, db, l, 5)
+	first, err := l.Checkpoint(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inPipeline, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	held := db.Submit(storage.Strict, func(tx *storage.Tx) error {
+		once.Do(func() { close(inPipeline) })
+		<-release
+		return nil
+	})
+	defer func() { close(release); _ = held.Wait(context.Background()) }()
+	select {
+	case <-inPipeline:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking write never reached the pipeline")
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	again, err := l.Checkpoint(cancelled, s)
+	if err != nil {
+		t.Fatalf("checkpoint of an unchanged log tried to write: %v", err)
+	}
+	if !bytes.Equal(again, first) {
+		t.Fatalf("checkpoint of an unchanged log differs:\n%s\nvs\n%s", again, first)
 	}
 }
