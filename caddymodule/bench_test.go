@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // BenchmarkRequestOverhead measures one task through real Caddy to the demo
@@ -223,4 +226,86 @@ func BenchmarkRequestWithStuckWebhook(b *testing.B) {
 	webhooks.mu.Lock()
 	webhooks.queue = nil
 	webhooks.mu.Unlock()
+}
+
+// BenchmarkDiskPerTask sends tasks through a sidecar with every feature on
+// (token checked, strict, metering, audit, SLA), stops it cleanly and
+// reports the database's size per task, and how many keys and bytes each
+// key space holds per task. Run it with a fixed count so the figure is a
+// steady state rather than the first memtable:
+//
+//	go test -run '^$' -bench DiskPerTask -benchtime 20000x ./caddymodule
+func BenchmarkDiskPerTask(b *testing.B) {
+	s := startSidecar(b, "", "agent urn:asap:agent:demo\ndelegation require\ndurability strict")
+	h := runningHandler(b)
+	if _, err := h.store.Wait(context.Background(), storeWait); err != nil {
+		b.Fatal(err)
+	}
+	m, err := delegationService{h}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	var seq atomic.Uint64
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := fmt.Sprintf("01JDISK%019d", seq.Add(1))
+			req, _ := http.NewRequest(http.MethodPost, s.url+"/asap", strings.NewReader(rpc("d", envelope(id, "echo", `{"text":"hello"}`))))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-ASAP-Delegation-Token", m.Chain)
+			resp, err := c.Do(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(body), `"result"`) {
+				b.Errorf("not a task answer: %d %s", resp.StatusCode, body)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	if err := caddy.Stop(); err != nil {
+		b.Fatal(err)
+	}
+	n := float64(seq.Load())
+	size, err := dirSize(s.dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spaces, err := storage.SpaceSizes(s.dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var keys int
+	for _, sp := range spaces {
+		keys += sp.Keys
+		if b.N > 1 { // the probe run of one task says nothing
+			fmt.Printf("  space %q: %5.2f keys/task, %5.0f key+value bytes/task\n", byte(sp.Space), float64(sp.Keys)/n, float64(sp.Bytes)/n)
+		}
+	}
+	b.ReportMetric(float64(size)/n, "disk-B/task")
+	b.ReportMetric(float64(keys)/n, "keys/task")
+}
+
+func dirSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += info.Size()
+		return nil
+	})
+	return total, err
 }
