@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -415,15 +416,33 @@ func TestAuditCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := append([]byte("ae\x00"), 0, 0, 0, 0, 0, 0, 0, 5)
+	// Entry 5 is the last of the block holding seq 3 to 5 (one block per
+	// call): the block is the last key at or before seq 5, and its last
+	// consumer is entry 5's. The replacement keeps the length, so the
+	// block still reads.
 	err = bdb.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(key)
+		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: []byte("ae\x00")})
+		it.Seek(append([]byte("ae\x00"), 0, 0, 0, 0, 0, 0, 0, 5))
+		if !it.Valid() {
+			it.Close()
+			return errors.New("no block at or before seq 5")
+		}
+		key := it.Item().KeyCopy(nil)
+		v, err := it.Item().ValueCopy(nil)
+		it.Close()
 		if err != nil {
 			return err
 		}
-		v, _ := item.ValueCopy(nil)
-		v = bytes.Replace(v, []byte(`"consumer":"urn:asap:agent:client"`), []byte(`"consumer":"urn:asap:agent:someone-else"`), 1)
-		return txn.Set(key, v)
+		raw, err := audit.DecompressBlock(v)
+		if err != nil {
+			return err
+		}
+		i := bytes.LastIndex(raw, []byte(`"consumer":"urn:asap:agent:client"`))
+		if i < 0 {
+			return errors.New("no consumer in the block")
+		}
+		copy(raw[i:], `"consumer":"urn:asap:agent:forged"`)
+		return txn.Set(key, audit.CompressBlock(raw))
 	})
 	bdb.Close()
 	if err != nil {

@@ -291,9 +291,7 @@ func TestAuditVerify(t *testing.T) {
 		`{"valid":true,"size":6,"first_bad_seq":null,"reason":null,"checkpoints_checked":1}`)
 
 	// Edit entry 3's details behind the log's back.
-	s.reopen(t, func(txn *badger.Txn) error {
-		return editStoredEntry(txn, 3, func(e *audit.Entry) { e.Details = json.RawMessage(`{"error":"none","task_id":"t2"}`) })
-	})
+	s.reopen(t, func(txn *badger.Txn) error { return editStoredBlock(txn, 3, "boom", "none") })
 	expect(t, auditGet(t, s, "/audit/verify"), http.StatusOK,
 		`{"valid":false,"size":3,"first_bad_seq":3,"reason":"entry 3's hash does not match its content","checkpoints_checked":0}`)
 }
@@ -317,23 +315,26 @@ func TestAuditVerifyUsesTheServiceVerifier(t *testing.T) {
 		`{"valid":true,"size":6,"first_bad_seq":null,"reason":null,"checkpoints_checked":1}`)
 }
 
-func editStoredEntry(txn *badger.Txn, seq uint64, edit func(e *audit.Entry)) error {
+// editStoredBlock replaces old by new (same length, so the block's
+// layout holds) in the block stored at seq, as a tamperer would.
+func editStoredBlock(txn *badger.Txn, seq uint64, old, new string) error {
 	key := storage.SpaceAudit.Key([]byte("e"), storage.EncodeUint64(seq))
 	item, err := txn.Get(key)
 	if err != nil {
 		return err
 	}
-	b, err := item.ValueCopy(nil)
+	v, err := item.ValueCopy(nil)
 	if err != nil {
 		return err
 	}
-	var e audit.Entry
-	if err := json.Unmarshal(b, &e); err != nil {
+	raw, err := audit.DecompressBlock(v)
+	if err != nil {
 		return err
 	}
-	edit(&e)
-	b, _ = json.Marshal(&e)
-	return txn.Set(key, b)
+	if bytes.Count(raw, []byte(old)) != 1 || len(old) != len(new) {
+		return fmt.Errorf("%q is not in block %d once", old, seq)
+	}
+	return txn.Set(key, audit.CompressBlock(bytes.Replace(raw, []byte(old), []byte(new), 1)))
 }
 
 func TestAuditExport(t *testing.T) {
@@ -615,12 +616,14 @@ func TestAuditConsistencyProof(t *testing.T) {
 }
 
 // A tree node the proof needs but the store lost is the server's problem.
+// Nodes below level 4 are rehashed from the entries, so losing entry 5
+// loses leaf 5.
 func TestAuditProofOverLostTreeNode(t *testing.T) {
 	s := newAuditSvc(t, false)
 	seedAudit(t, s)
-	// Leaf 5's node (level 0, index 5).
+	// Entry 5's block (one entry each).
 	s.reopen(t, func(txn *badger.Txn) error {
-		return txn.Delete(storage.SpaceAudit.Key([]byte("n"), append([]byte{0}, storage.EncodeUint64(5)...)))
+		return txn.Delete(storage.SpaceAudit.Key([]byte("e"), storage.EncodeUint64(5)))
 	})
 	for _, target := range []string{"/audit/proof/inclusion?seq=5", "/audit/proof/inclusion?seq=4&size=6", "/audit/proof/consistency?old=5&new=6"} {
 		if d := detail(t, auditGet(t, s, target), http.StatusInternalServerError); !strings.HasPrefix(d, "building the proof: audit: ") {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -295,18 +296,7 @@ func TestVerifyCatchesEditedDetails(t *testing.T) {
 	db := openDB(t, dir)
 	appendN(t, db, New(db), 20, 2)
 	db.Close()
-	tamper(t, dir, func(txn *badger.Txn) error {
-		item, err := txn.Get(entryKey(7))
-		if err != nil {
-			return err
-		}
-		b, _ := item.ValueCopy(nil)
-		var e Entry
-		json.Unmarshal(b, &e)
-		e.Details = json.RawMessage(`{"n":7,"note":"edited","task_id":"task-x"}`)
-		b, _ = json.Marshal(e)
-		return txn.Set(entryKey(7), b)
-	})
+	tamper(t, dir, editBlock(7, func(b *block) { b.items[0].details = []byte(`{"n":7,"note":"edited","task_id":"task-x"}`) }))
 	db = openDB(t, dir)
 	defer db.Close()
 	v, err := New(db).Verify(nil)
@@ -320,7 +310,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	db := openDB(t, dir)
 	appendN(t, db, New(db), 20, 2)
 	db.Close()
-	tamper(t, dir, func(txn *badger.Txn) error { return txn.Delete(entryKey(12)) })
+	tamper(t, dir, func(txn *badger.Txn) error { return txn.Delete(blockKey(12)) })
 	db = openDB(t, dir)
 	defer db.Close()
 	v, err := New(db).Verify(nil)
@@ -355,7 +345,7 @@ func TestTruncateAndRewriteCaughtByConsistencyProof(t *testing.T) {
 		for it.Seek([]byte{byte(storage.SpaceAudit)}); it.ValidForPrefix([]byte{byte(storage.SpaceAudit)}); it.Next() {
 			k := it.Item().KeyCopy(nil)
 			switch {
-			case strings.HasPrefix(string(k), string(entryPrefix)) && seqOf(k) >= 20:
+			case strings.HasPrefix(string(k), string(blockPrefix)) && binary.BigEndian.Uint64(k[len(blockPrefix):]) >= 20:
 				del = append(del, k)
 			case strings.HasPrefix(string(k), string(storage.SpaceAudit.Prefix([]byte("n")))),
 				strings.HasPrefix(string(k), string(checkpointsPref)), string(k) == string(headKey):
@@ -376,16 +366,22 @@ func TestTruncateAndRewriteCaughtByConsistencyProof(t *testing.T) {
 	err = db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error {
 		rng := factory.NewEmptyRange(0)
 		h := head{}
-		for seq := uint64(0); seq < 20; seq++ {
-			b, err := tx.Get(entryKey(seq))
+		for seq := uint64(0); seq < 20; seq++ { // one entry a block
+			v, err := tx.Get(blockKey(seq))
 			if err != nil {
 				return err
 			}
-			var e Entry
-			json.Unmarshal(b, &e)
-			raw, _ := hex.DecodeString(e.Hash)
-			rng.Append(hasher.HashLeaf(raw), func(id compact.NodeID, hash []byte) { tx.Set(nodeKey(id), hash) })
-			h.Size, h.Hash, h.Last = seq+1, e.Hash, e.Timestamp
+			b, err := decodeBlock(blockKey(seq), v)
+			if err != nil {
+				return err
+			}
+			sum := b.chain()[0]
+			rng.Append(hasher.HashLeaf(sum[:]), func(id compact.NodeID, hash []byte) {
+				if id.Level >= storedLevel {
+					tx.Set(nodeKey(id), hash)
+				}
+			})
+			h.Size, h.Hash, h.Last = seq+1, hex.EncodeToString(sum[:]), b.ts
 		}
 		h.Range = rng.Hashes()
 		b, _ := json.Marshal(h)
@@ -423,7 +419,7 @@ func TestVerifyCatchesTruncationBelowStoredCheckpoint(t *testing.T) {
 	db.Close()
 	tamper(t, dir, func(txn *badger.Txn) error {
 		for seq := uint64(6); seq < 10; seq++ {
-			if err := txn.Delete(entryKey(seq)); err != nil {
+			if err := txn.Delete(blockKey(seq)); err != nil {
 				return err
 			}
 		}

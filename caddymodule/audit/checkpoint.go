@@ -107,7 +107,11 @@ func (l *Log) LatestCheckpoint() ([]byte, uint64, error) {
 	var size uint64
 	err := l.db.View(func(r *storage.Reader) error {
 		return r.Scan(checkpointsPref, true, func(k, v []byte) (bool, error) {
-			out, size = append([]byte(nil), v...), seqOf(k)
+			s, err := seqOf(checkpointsPref, k)
+			if err != nil {
+				return false, err
+			}
+			out, size = append([]byte(nil), v...), s
 			return false, nil
 		})
 	})
@@ -119,8 +123,9 @@ func (l *Log) checkpoints() (map[uint64][]byte, error) {
 	out := map[uint64][]byte{}
 	err := l.db.View(func(r *storage.Reader) error {
 		return r.Scan(checkpointsPref, false, func(k, v []byte) (bool, error) {
-			out[seqOf(k)] = append([]byte(nil), v...)
-			return true, nil
+			size, err := seqOf(checkpointsPref, k)
+			out[size] = append([]byte(nil), v...)
+			return err == nil, err
 		})
 	})
 	return out, err

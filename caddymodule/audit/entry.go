@@ -75,6 +75,12 @@ func (r *Record) Prepare() error {
 // ChainHash is the entry hash of SPEC §6: hex SHA-256 of
 // prev_hash|timestamp|operation|JCS(details).
 func ChainHash(prevHash, timestamp, operation string, canonicalDetails []byte) string {
+	sum := chainSum(prevHash, timestamp, operation, canonicalDetails)
+	return hex.EncodeToString(sum[:])
+}
+
+// chainSum is ChainHash before hex encoding.
+func chainSum(prevHash, timestamp, operation string, canonicalDetails []byte) (sum [sha256.Size]byte) {
 	h := sha256.New()
 	h.Write([]byte(prevHash))
 	h.Write([]byte{'|'})
@@ -83,7 +89,8 @@ func ChainHash(prevHash, timestamp, operation string, canonicalDetails []byte) s
 	h.Write([]byte(operation))
 	h.Write([]byte{'|'})
 	h.Write(canonicalDetails)
-	return hex.EncodeToString(h.Sum(nil))
+	h.Sum(sum[:0])
+	return sum
 }
 
 // Recompute returns the hash e should have given its own fields.

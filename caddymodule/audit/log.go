@@ -1,13 +1,16 @@
 package audit
 
 import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -18,12 +21,16 @@ import (
 // Log is the audit log of one database. Its state lives in the audit key
 // space, so it holds nothing a reload or restart could lose:
 //
-//	a e\0<seq>              entry
-//	a d\0<id>               id → seq
-//	a i\0<kind><value>\0<seq>   index by agent (u) and task id (t)
-//	a n\0<level><index>     Merkle tree node (leaves are level 0)
-//	a h                     head: size, last hash and time, compact range
-//	a c\0<size>             signed checkpoint
+//	a e\0<seq>                  block: the entries of one Append, from seq (block.go)
+//	a i\0<kind><value>\0<seq>   index by agent (u) and task id (t): one key per
+//	                            value and block, seq the block's first
+//	a n\0<level><index>         Merkle tree node, levels storedLevel and up
+//	a h                         head: size, last hash and time, compact range
+//	a s                         id salt (block.go)
+//	a c\0<size>                 signed checkpoint
+//
+// Entry hashes, ids and the tree's lower levels are not stored: they are
+// recomputed from the blocks when read.
 type Log struct {
 	db *storage.DB
 	// chainOnly skips the Merkle tree; only the benchmark that measures
@@ -47,16 +54,22 @@ func be64(v uint64) []byte {
 
 var (
 	headKey         = storage.SpaceAudit.Key([]byte("h"))
-	entryPrefix     = storage.SpaceAudit.Prefix([]byte("e"))
+	saltKey         = storage.SpaceAudit.Key([]byte("s"))
+	blockPrefix     = storage.SpaceAudit.Prefix([]byte("e"))
 	checkpointsPref = storage.SpaceAudit.Prefix([]byte("c"))
 )
 
-func entryKey(seq uint64) []byte { return storage.SpaceAudit.Key([]byte("e"), be64(seq)) }
-func idKey(id string) []byte     { return storage.SpaceAudit.Key([]byte("d"), []byte(id)) }
+func blockKey(seq uint64) []byte { return storage.SpaceAudit.Key([]byte("e"), be64(seq)) }
 func nodeKey(id compact.NodeID) []byte {
 	return storage.SpaceAudit.Key([]byte("n"), append([]byte{byte(id.Level)}, be64(id.Index)...))
 }
 func checkpointKey(size uint64) []byte { return storage.SpaceAudit.Key([]byte("c"), be64(size)) }
+
+// storedLevel is the lowest tree level kept on disk. A node below it
+// covers at most 8 entries and is rehashed from their blocks when a root
+// or a proof needs it: storing every level cost two 44-byte keys per
+// entry, levels 4 and up cost one per 8 entries.
+const storedLevel = 4
 
 // Index kinds.
 const (
@@ -91,15 +104,37 @@ func readHead(get func([]byte) ([]byte, error)) (*head, error) {
 	return &h, nil
 }
 
-// Append stages recs as the next entries, inside tx: sequence numbers come
-// from the head read in the same transaction, so they are gap-free however
-// many writers share a group. Timestamps never go backwards.
+// Append stages recs as the next entries, inside tx, as one block:
+// sequence numbers come from the head read in the same transaction, so
+// they are gap-free however many writers share a group. Timestamps never
+// go backwards; the entries of one Append share one.
 func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, error) {
 	if len(recs) == 0 {
 		return nil, nil
 	}
 	h, err := readHead(tx.Get)
 	if err != nil {
+		return nil, err
+	}
+	if h.Size > maxEntries || uint64(len(recs)) > maxEntries-h.Size {
+		return nil, fmt.Errorf("audit: the log is full (%d entries)", h.Size)
+	}
+	// The block keeps the hash it chains to, raw.
+	prev, err := hex.DecodeString(h.Hash)
+	wantLen := sha256.Size
+	if h.Size == 0 {
+		wantLen = 0
+	}
+	if err != nil || len(prev) != wantLen {
+		return nil, errors.New("audit: head is corrupt: its last hash is not a hash")
+	}
+	salt, err := readSalt(tx.Get)
+	if errors.Is(err, storage.ErrNotFound) && h.Size == 0 {
+		// The log's first append draws the salt of its ids.
+		salt = make([]byte, saltSize)
+		_, _ = rand.Read(salt) // never fails (Go 1.24)
+		tx.Set(saltKey, salt)
+	} else if err != nil {
 		return nil, err
 	}
 	rng := factory.NewEmptyRange(0)
@@ -113,50 +148,55 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	if last, err := time.Parse(TimeFormat, h.Last); err == nil && now.Before(last) {
 		now = last
 	}
-	ts := now.Format(TimeFormat)
-	visit := func(id compact.NodeID, hash []byte) { tx.Set(nodeKey(id), hash) }
-	out := make([]Entry, 0, len(recs))
-	for _, rec := range recs {
+	b := &block{first: h.Size, prev: prev, ts: now.Format(TimeFormat), items: make([]item, len(recs))}
+	for i, rec := range recs {
 		if err := rec.Prepare(); err != nil {
 			return nil, err
 		}
-		canon := rec.canonical
-		e := Entry{
-			ID:        ulid.Make().String(),
-			Seq:       h.Size,
-			Timestamp: ts,
-			Operation: rec.Operation,
-			AgentURN:  rec.AgentURN,
-			Details:   canon,
-			PrevHash:  h.Hash,
+		b.items[i] = item{op: rec.Operation, agent: rec.AgentURN, details: rec.canonical}
+	}
+	sums := b.chain()
+	visit := func(id compact.NodeID, hash []byte) {
+		if id.Level >= storedLevel {
+			tx.Set(nodeKey(id), hash)
 		}
-		e.Hash = ChainHash(e.PrevHash, e.Timestamp, e.Operation, canon)
+	}
+	// One index key per agent and task of the block, however many of its
+	// entries name them.
+	indexed := map[string]bool{}
+	index := func(kind byte, value string) {
+		k := append(indexPrefix(kind, value), be64(b.first)...)
+		if !indexed[string(k)] {
+			indexed[string(k)] = true
+			tx.Set(k, nil)
+		}
+	}
+	for i := range b.items {
+		b.items[i].tag = tagOf(sums[i], b.items[i].agent)
 		if !l.chainOnly {
-			leaf, _ := e.LeafData()
-			if err := rng.Append(hasher.HashLeaf(leaf), visit); err != nil {
+			if err := rng.Append(hasher.HashLeaf(sums[i][:]), visit); err != nil {
 				return nil, err
 			}
 		}
-		b, err := json.Marshal(&e)
-		if err != nil {
-			return nil, err
+		index(byAgent, recs[i].AgentURN)
+		if task, ok := recs[i].Details["task_id"].(string); ok && task != "" {
+			index(byTask, task)
 		}
-		seq := be64(e.Seq)
-		tx.Set(entryKey(e.Seq), b)
-		tx.Set(idKey(e.ID), seq)
-		tx.Set(append(indexPrefix(byAgent, e.AgentURN), seq...), nil)
-		if task, ok := rec.Details["task_id"].(string); ok && task != "" {
-			tx.Set(append(indexPrefix(byTask, task), seq...), nil)
-		}
-		h.Size, h.Hash, h.Last = h.Size+1, e.Hash, ts
-		out = append(out, e)
 	}
-	h.Range = rng.Hashes()
-	b, err := json.Marshal(h)
+	val, err := b.encode()
 	if err != nil {
 		return nil, err
 	}
-	tx.Set(headKey, b)
+	tx.Set(blockKey(b.first), val)
+	out := b.entries(salt, sums)
+	last := out[len(out)-1]
+	h.Size, h.Hash, h.Last = h.Size+uint64(len(out)), last.Hash, last.Timestamp
+	h.Range = rng.Hashes()
+	hb, err := json.Marshal(h)
+	if err != nil {
+		return nil, err
+	}
+	tx.Set(headKey, hb)
 	return out, nil
 }
 
@@ -210,10 +250,9 @@ func rootAt(r *storage.Reader, size uint64) ([]byte, error) {
 		if size&(1<<uint(level)) == 0 {
 			continue
 		}
-		id := compact.NewNodeID(uint(level), begin>>uint(level))
-		h, err := r.Get(nodeKey(id))
+		h, err := node(r, compact.NewNodeID(uint(level), begin>>uint(level)))
 		if err != nil {
-			return nil, fmt.Errorf("audit: tree node %d/%d: %w", id.Level, id.Index, err)
+			return nil, err
 		}
 		hashes = append(hashes, h)
 		begin += 1 << uint(level)
@@ -223,6 +262,46 @@ func rootAt(r *storage.Reader, size uint64) ([]byte, error) {
 		return nil, err
 	}
 	return rng.GetRootHash(nil)
+}
+
+// node is the hash of a perfect subtree: stored from storedLevel up,
+// rehashed from its entries below. Everything that reads the tree reads
+// it here.
+func node(r *storage.Reader, id compact.NodeID) ([]byte, error) {
+	if id.Level >= storedLevel {
+		h, err := r.Get(nodeKey(id))
+		if err != nil {
+			return nil, fmt.Errorf("audit: tree node %d/%d: %w", id.Level, id.Index, err)
+		}
+		return h, nil
+	}
+	begin, end := id.Index<<id.Level, (id.Index+1)<<id.Level
+	hashes := make([][]byte, 0, end-begin)
+	err := scanBlocks(r, begin, func(b *block) (bool, error) {
+		next := begin + uint64(len(hashes))
+		if b.first > next {
+			return false, nil // entry next is missing
+		}
+		for i, sum := range b.chain() {
+			if seq := b.first + uint64(i); seq >= next && seq < end {
+				hashes = append(hashes, hasher.HashLeaf(sum[:]))
+			}
+		}
+		return begin+uint64(len(hashes)) < end, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("audit: tree node %d/%d: %w", id.Level, id.Index, err)
+	}
+	if missing := begin + uint64(len(hashes)); missing < end {
+		return nil, fmt.Errorf("audit: tree node %d/%d: entry %d: %w", id.Level, id.Index, missing, storage.ErrNotFound)
+	}
+	for len(hashes) > 1 {
+		for i := range hashes[:len(hashes)/2] {
+			hashes[i] = hasher.HashChildren(hashes[2*i], hashes[2*i+1])
+		}
+		hashes = hashes[:len(hashes)/2]
+	}
+	return hashes[0], nil
 }
 
 // checkSize refuses sizes beyond the log.
@@ -243,9 +322,9 @@ var ErrBadRequest = errors.New("bad request")
 func nodeHashes(r *storage.Reader, nodes proof.Nodes) ([][]byte, error) {
 	hashes := make([][]byte, len(nodes.IDs))
 	for i, id := range nodes.IDs {
-		h, err := r.Get(nodeKey(id))
+		h, err := node(r, id)
 		if err != nil {
-			return nil, fmt.Errorf("audit: tree node %d/%d: %w", id.Level, id.Index, err)
+			return nil, err
 		}
 		hashes[i] = h
 	}
@@ -268,7 +347,7 @@ func (l *Log) InclusionProof(seq, size uint64) ([]byte, [][]byte, error) {
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
-		if leaf, err = r.Get(nodeKey(compact.NewNodeID(0, seq))); err != nil {
+		if leaf, err = node(r, compact.NewNodeID(0, seq)); err != nil {
 			return fmt.Errorf("audit: leaf %d: %w", seq, err)
 		}
 		hashes, err = nodeHashes(r, nodes)
@@ -297,33 +376,43 @@ func (l *Log) ConsistencyProof(oldSize, newSize uint64) ([][]byte, error) {
 	return hashes, err
 }
 
-// Get reads one entry by id (nil when there is none).
+// Get reads one entry by id (nil when there is none). The id names its
+// seq; it is the entry's only if it is the id that entry derives.
 func (l *Log) Get(id string) (*Entry, error) {
+	salt, seq, ok := idSeq(id)
+	if !ok {
+		return nil, nil
+	}
 	var e *Entry
 	err := l.db.View(func(r *storage.Reader) error {
-		seq, err := r.Get(idKey(id))
+		own, err := readSalt(r.Get)
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil
+			return nil // nothing was ever appended
 		}
 		if err != nil {
 			return err
 		}
-		b, err := r.Get(storage.SpaceAudit.Key([]byte("e"), seq))
+		if !bytes.Equal(salt, own) {
+			return nil // another database's id
+		}
+		b, err := blockAt(r, seq)
+		if errors.Is(err, storage.ErrNotFound) {
+			h, herr := readHead(r.Get)
+			if herr != nil {
+				return herr
+			}
+			if seq < h.Size {
+				return err // inside the log: a lost entry
+			}
+			return nil // beyond it: no entry
+		}
 		if err != nil {
 			return err
 		}
-		e = new(Entry)
-		return json.Unmarshal(b, e)
+		if got := b.entries(own, b.chain())[seq-b.first]; got.ID == id {
+			e = &got
+		}
+		return nil
 	})
 	return e, err
-}
-
-// leafHashOf is the RFC 6962 leaf hash of an entry hash (hex).
-func leafHashOf(entryHash string) ([]byte, error) {
-	e := Entry{Hash: entryHash}
-	leaf, err := e.LeafData()
-	if err != nil {
-		return nil, err
-	}
-	return hasher.HashLeaf(leaf), nil
 }

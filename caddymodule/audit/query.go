@@ -17,9 +17,9 @@ type Filter struct {
 }
 
 // Query returns matching entries in log order, skipping offset, at most
-// limit. A task or agent filter is a range scan of its index (an
-// operation filter alone scans the log: it narrows little and an index
-// would cost every append a key);
+// limit. A task or agent filter is a range scan of its index, which names
+// the blocks holding such entries (an operation filter alone scans the
+// log: it narrows little and an index would cost every append a key);
 // a time window alone starts at the first entry inside it (timestamps
 // never decrease along the log, so it is found by bisection).
 func (l *Log) Query(f Filter, limit, offset int) ([]Entry, error) {
@@ -28,53 +28,64 @@ func (l *Log) Query(f Filter, limit, offset int) ([]Entry, error) {
 		return out, nil
 	}
 	skipped := 0
-	take := func(e *Entry) (bool, error) {
+	// take offers e and reports whether to go on.
+	take := func(e *Entry) bool {
+		if f.after(e) {
+			return false
+		}
 		if !f.match(e) {
-			return true, nil
+			return true
 		}
 		if skipped < offset {
 			skipped++
-			return true, nil
+			return true
 		}
 		out = append(out, *e)
-		return len(out) < limit, nil
+		return len(out) < limit
+	}
+	// takeBlock offers the block's entries from seq from on.
+	takeBlock := func(er *entryReader, b *block, from uint64) (bool, error) {
+		es, err := er.entries(b)
+		if err != nil {
+			return false, err
+		}
+		for i := range es {
+			if es[i].Seq < from {
+				continue
+			}
+			if !take(&es[i]) {
+				return false, nil
+			}
+		}
+		return true, nil
 	}
 	err := l.db.View(func(r *storage.Reader) error {
+		er := &entryReader{r: r}
 		if prefix := f.index(); prefix != nil {
 			return r.Scan(prefix, false, func(k, _ []byte) (bool, error) {
-				seq := k[len(k)-8:]
-				b, err := r.Get(storage.SpaceAudit.Key([]byte("e"), seq))
+				if len(k) != len(prefix)+8 {
+					return true, nil // a longer value that starts with this one and a NUL
+				}
+				key := blockKey(binary.BigEndian.Uint64(k[len(prefix):]))
+				v, err := r.Get(key)
 				if err != nil {
 					return false, err
 				}
-				var e Entry
-				if err := json.Unmarshal(b, &e); err != nil {
+				b, err := decodeBlock(key, v)
+				if err != nil {
 					return false, err
 				}
-				if f.after(&e) {
-					return false, nil
-				}
-				return take(&e)
+				return takeBlock(er, b, 0)
 			})
 		}
-		var seek []byte
+		var from uint64
 		if !f.Start.IsZero() {
-			first, err := firstAtOrAfter(r, f.Start)
-			if err != nil {
+			var err error
+			if from, err = firstAtOrAfter(r, f.Start); err != nil {
 				return err
 			}
-			seek = entryKey(first)
 		}
-		return r.ScanFrom(entryPrefix, seek, false, func(_, v []byte) (bool, error) {
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return false, err
-			}
-			if f.after(&e) {
-				return false, nil
-			}
-			return take(&e)
-		})
+		return scanBlocks(r, from, func(b *block) (bool, error) { return takeBlock(er, b, from) })
 	})
 	return out, err
 }
@@ -127,7 +138,7 @@ func firstAtOrAfter(r *storage.Reader, t time.Time) (uint64, error) {
 	lo, hi := uint64(0), h.Size
 	for lo < hi {
 		mid := lo + (hi-lo)/2
-		b, err := r.Get(entryKey(mid))
+		b, err := blockAt(r, mid)
 		if errors.Is(err, storage.ErrNotFound) {
 			// A missing entry (tampering) cannot steer the search: fall
 			// back to scanning from the start.
@@ -136,11 +147,7 @@ func firstAtOrAfter(r *storage.Reader, t time.Time) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		var e Entry
-		if err := json.Unmarshal(b, &e); err != nil {
-			return 0, err
-		}
-		et, err := e.Time()
+		et, err := time.Parse(TimeFormat, b.ts)
 		if err != nil {
 			return 0, nil
 		}
@@ -156,14 +163,18 @@ func firstAtOrAfter(r *storage.Reader, t time.Time) (uint64, error) {
 // Each calls fn for every entry in log order until fn returns false.
 func (l *Log) Each(fn func(*Entry) bool) error {
 	return l.db.View(func(r *storage.Reader) error {
-		return r.Scan(entryPrefix, false, func(_, v []byte) (bool, error) {
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
+		er := &entryReader{r: r}
+		return scanBlocks(r, 0, func(b *block) (bool, error) {
+			es, err := er.entries(b)
+			if err != nil {
 				return false, err
 			}
-			return fn(&e), nil
+			for i := range es {
+				if !fn(&es[i]) {
+					return false, nil
+				}
+			}
+			return true, nil
 		})
 	})
 }
-
-func seqOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }

@@ -2,7 +2,7 @@ package audit
 
 import (
 	"bytes"
-	"encoding/json"
+	"encoding/hex"
 	"fmt"
 	"sort"
 
@@ -28,11 +28,12 @@ func bad(v *Verdict, seq uint64, format string, a ...any) Verdict {
 	return *v
 }
 
-// Verify recomputes the whole log from its entries: the hash chain (each
-// hash from its content, each prev_hash from the entry before), the
-// Merkle tree (against the head and the stored leaves), and every stored
-// checkpoint (its signature with v, when given, and its root against the
-// entries). It names the first seq that breaks.
+// Verify recomputes the whole log from its blocks: the hash chain (each
+// hash from its content and the one before, checked with its agent
+// against the entry's stored tag; each block's stored prev hash against
+// the block before), the Merkle tree (against the head and every stored
+// node), and every stored checkpoint (its signature with v, when given,
+// and its root against the entries). It names the first seq that breaks.
 func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 	var out Verdict
 	checkpoints, err := l.checkpoints()
@@ -82,46 +83,58 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 			verdict = res
 			return nil
 		}
-		err = r.Scan(entryPrefix, false, func(k, val []byte) (bool, error) {
-			seq := seqOf(k)
-			if seq != next {
-				res := bad(&out, next, "entry %d is missing", next)
+		// A stored tree node that does not match the entries below it.
+		var badNode *Verdict
+		checkNode := func(id compact.NodeID, hash []byte) {
+			if id.Level < storedLevel || badNode != nil {
+				return
+			}
+			first := id.Index << id.Level
+			if stored, err := r.Get(nodeKey(id)); err != nil || !bytes.Equal(stored, hash) {
+				res := bad(&out, first, "the tree's node %d/%d does not match entries %d to %d", id.Level, id.Index, first, first+1<<id.Level-1)
+				badNode = &res
+			}
+		}
+		err = r.Scan(blockPrefix, false, func(k, val []byte) (bool, error) {
+			fail := func(seq uint64, format string, a ...any) (bool, error) {
+				res := bad(&out, seq, format, a...)
 				verdict = &res
 				return false, nil
 			}
-			var e Entry
-			if err := json.Unmarshal(val, &e); err != nil || e.Seq != seq {
-				res := bad(&out, seq, "entry %d is not a readable entry", seq)
-				verdict = &res
-				return false, nil
+			first, err := seqOf(blockPrefix, k)
+			switch {
+			case err != nil:
+				return fail(next, "a block key after entry %d is malformed", int64(next)-1)
+			case first > next:
+				return fail(next, "entry %d is missing", next)
+			case first < next:
+				return fail(first, "a block at entry %d overlaps the entries before it", first)
 			}
-			if e.PrevHash != prev {
-				res := bad(&out, seq, "entry %d does not chain to entry %d (prev_hash)", seq, int64(seq)-1)
-				verdict = &res
-				return false, nil
+			b, err := decodeBlock(k, val)
+			if err != nil {
+				return fail(first, "entry %d is not a readable entry", first)
 			}
-			want, err := e.Recompute()
-			if err != nil || want != e.Hash {
-				res := bad(&out, seq, "entry %d's hash does not match its content", seq)
-				verdict = &res
-				return false, nil
+			if hex.EncodeToString(b.prev) != prev {
+				return fail(first, "entry %d does not chain to entry %d (prev_hash)", first, int64(first)-1)
 			}
-			leafData, _ := e.LeafData()
-			leaf := hasher.HashLeaf(leafData)
-			stored, err := r.Get(nodeKey(compact.NewNodeID(0, seq)))
-			if err != nil || !bytes.Equal(stored, leaf) {
-				res := bad(&out, seq, "the tree's leaf %d is not entry %d", seq, seq)
-				verdict = &res
-				return false, nil
-			}
-			if err := rng.Append(leaf, nil); err != nil {
-				return false, err
-			}
-			prev, next = e.Hash, seq+1
-			out.Size = next
-			if res := checkAt(next); res != nil {
-				verdict = res
-				return false, nil
+			for i, sum := range b.chain() {
+				seq := first + uint64(i)
+				if tagOf(sum, b.items[i].agent) != b.items[i].tag {
+					return fail(seq, "entry %d's hash does not match its content", seq)
+				}
+				if err := rng.Append(hasher.HashLeaf(sum[:]), checkNode); err != nil {
+					return false, err
+				}
+				if badNode != nil {
+					verdict = badNode
+					return false, nil
+				}
+				prev, next = hex.EncodeToString(sum[:]), seq+1
+				out.Size = next
+				if res := checkAt(next); res != nil {
+					verdict = res
+					return false, nil
+				}
 			}
 			return true, nil
 		})
@@ -140,6 +153,11 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 		}
 		if prev != h.Hash {
 			res := bad(&out, next, "the head's last hash is not entry %d's", int64(next)-1)
+			verdict = &res
+			return nil
+		}
+		if _, err := readSalt(r.Get); err != nil && next > 0 {
+			res := bad(&out, 0, "the entries' ids cannot be derived: %v", err)
 			verdict = &res
 			return nil
 		}
