@@ -69,8 +69,9 @@ var opCodes = [...]string{
 	OpDelegationRevoked, OpDelegationRejected, OpSLABreach, OpSLAResolved,
 }
 
-// maxEntries bounds seq: ids carry it in 40 bits.
-const maxEntries = 1 << 40
+// maxEntries bounds seq: ids carry it in 48 bits (at 100,000 entries a
+// second, 89 years).
+const maxEntries = 1 << 48
 
 // maxBlockSize bounds a block before compression, so that a corrupt
 // length header cannot make a read allocate gigabytes. Badger keeps no
@@ -265,11 +266,11 @@ func seqOf(prefix, key []byte) (uint64, error) {
 
 // saltSize is the size of the database's id salt. An entry id is a ULID,
 // as clients expect, but derived rather than stored: its time is the
-// entry's timestamp (ms), its 80 bits of entropy the salt (40 bits, drawn
-// with the first entry) and the entry's seq (40 bits). Get reads the seq
+// entry's timestamp (ms), its 80 bits of entropy the salt (32 bits, drawn
+// with the first entry) and the entry's seq (48 bits). Get reads the seq
 // back out of an id, so no id index is needed; the salt keeps one
 // database's ids from naming another's entries.
-const saltSize = 5
+const saltSize = 4
 
 func readSalt(get func([]byte) ([]byte, error)) ([]byte, error) {
 	salt, err := get(saltKey)
@@ -295,10 +296,10 @@ func idTime(ts string) uint64 {
 func entryID(salt []byte, seq, ms uint64) string {
 	var u ulid.ULID
 	_ = u.SetTime(ms) // TimeFormat stops at year 9999, far below the ULID limit
-	copy(u[6:11], salt)
+	copy(u[6:10], salt)
 	var s [8]byte
 	binary.BigEndian.PutUint64(s[:], seq)
-	copy(u[11:], s[3:])
+	copy(u[10:], s[2:])
 	return u.String()
 }
 
@@ -309,8 +310,8 @@ func idSeq(id string) (salt []byte, seq uint64, ok bool) {
 		return nil, 0, false
 	}
 	var s [8]byte
-	copy(s[3:], u[11:])
-	return u[6:11], binary.BigEndian.Uint64(s[:]), true
+	copy(s[2:], u[10:])
+	return u[6:10], binary.BigEndian.Uint64(s[:]), true
 }
 
 // entryReader turns stored blocks into entries inside one snapshot,

@@ -181,13 +181,13 @@ func TestAppendRefusesPastTheLastID(t *testing.T) {
 	fill(t, db, New(db), 1)
 	db, l := reopenAfter(t, db, editHead(func(h *head) {
 		h.Size, h.Range = maxEntries-1, [][]byte{}
-		for level := 0; level < 40; level++ {
+		for level := 0; level < 48; level++ {
 			h.Range = append(h.Range, make([]byte, 32))
 		}
 	}))
 	rec := Record{Operation: OpTaskStarted}
 	if _, err := commitAppend(t, db, l, t0, rec, rec); err == nil || !strings.Contains(err.Error(), "the log is full") {
-		t.Fatalf("Append past 2^40 entries: %v", err)
+		t.Fatalf("Append past 2^48 entries: %v", err)
 	}
 	es, err := commitAppend(t, db, l, t0, rec)
 	if err != nil || es[0].Seq != maxEntries-1 {
@@ -221,8 +221,8 @@ func TestDerivedIDs(t *testing.T) {
 		seen[e.ID] = true
 		at, _ := e.Time()
 		entropy := u.Entropy()
-		if u.Time() != uint64(at.UnixMilli()) || !bytes.Equal(entropy[:5], salt) ||
-			!bytes.Equal(entropy[5:], be64(e.Seq)[3:]) {
+		if u.Time() != uint64(at.UnixMilli()) || !bytes.Equal(entropy[:4], salt) ||
+			!bytes.Equal(entropy[4:], be64(e.Seq)[2:]) {
 			t.Fatalf("id %s of entry %d at %s: time %d, entropy %x", e.ID, e.Seq, e.Timestamp, u.Time(), entropy)
 		}
 	}
