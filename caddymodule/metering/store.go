@@ -2,8 +2,8 @@ package metering
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -13,7 +13,7 @@ import (
 
 // Store keeps usage events in the storage key spaces for usage:
 //
-//	u <ulid>                         event (primary, time-ordered)
+//	u <ulid>                         event (primary, time-ordered; codec.go)
 //	v a\0<agent>\0<ulid>             index by agent (no value)
 //	v c\0<consumer>\0<ulid>          index by consumer
 //	v t\0<task id>\0<ulid>           index by task
@@ -49,6 +49,12 @@ const (
 )
 
 func primaryKey(id ulid.ULID) []byte { return storage.SpaceUsage.Key(id[:]) }
+
+// idOf is the ULID a primary or index key ends in.
+func idOf(k []byte) (id ulid.ULID) {
+	copy(id[:], k[max(len(k)-len(id), 0):])
+	return id
+}
 
 func indexPrefix(kind byte, value string) []byte {
 	return storage.SpaceUsageIdx.Prefix([]byte{kind}, []byte(value))
@@ -92,11 +98,11 @@ func (s *Store) PutCall(tx *storage.Tx, e *Event, dedup string, digest []byte) (
 	if err != nil {
 		return false, err
 	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return false, err
+	if y := e.Timestamp.Year(); y > 9999 {
+		// The API could not write it back (RFC 3339 has four-digit years).
+		return false, fmt.Errorf("metering: timestamp year %d is after 9999", y)
 	}
-	tx.SetWithTTL(primaryKey(id), b, s.retention)
+	tx.SetWithTTL(primaryKey(id), appendEvent(nil, e), s.retention)
 	tx.SetWithTTL(indexKey(idxAgent, e.AgentID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), nil, s.retention)
@@ -223,8 +229,7 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 			if len(k) < len(prefix)+16 {
 				return true, nil
 			}
-			var id ulid.ULID
-			copy(id[:], k[len(k)-16:])
+			id := idOf(k)
 			if endMS != 0 && id.Time() > endMS {
 				return false, nil // past the window: the rest is later still
 			}
@@ -236,8 +241,8 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 					return false, err
 				}
 			}
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			e, err := decodeEvent(id, v)
+			if err != nil {
 				return false, err
 			}
 			if !f.match(&e) {
@@ -284,8 +289,8 @@ func (s *Store) Stats() (Stats, error) {
 	err := s.db.View(func(r *storage.Reader) error {
 		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
 			if st.TotalEvents == 0 {
-				var e Event
-				if err := json.Unmarshal(v, &e); err != nil {
+				e, err := decodeEvent(idOf(k), v)
+				if err != nil {
 					return false, err
 				}
 				st.OldestTimestamp = &e.Timestamp
@@ -310,15 +315,14 @@ func (s *Store) Purge(now time.Time) (int, error) {
 	var ids []ulid.ULID
 	err := s.db.View(func(r *storage.Reader) error {
 		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			id := idOf(k)
+			e, err := decodeEvent(id, v)
+			if err != nil {
 				return false, err
 			}
 			if !e.Timestamp.Before(cutoff) {
 				return ulid.Timestamp(e.Timestamp) <= ulid.Timestamp(cutoff), nil
 			}
-			var id ulid.ULID
-			copy(id[:], k[1:])
 			old, ids = append(old, e), append(ids, id)
 			return true, nil
 		})

@@ -2,9 +2,9 @@ package metering
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,7 +161,8 @@ func TestPutKeyLayout(t *testing.T) {
 			}
 			continue
 		}
-		if err := json.Unmarshal(x.v, &stored); err != nil {
+		var err error
+		if stored, err = decodeEvent(id, x.v); err != nil {
 			t.Fatalf("value of %q: %v", x.k, err)
 		}
 	}
@@ -296,6 +297,32 @@ func TestPutRefusesPreEpochTimestamp(t *testing.T) {
 	e.Timestamp = mustTime("1970-01-01T00:00:00Z")
 	if !put(t, s, e, "env-old") {
 		t.Fatal("epoch itself refused, or the marker of the failed Put survived")
+	}
+}
+
+// A timestamp the API could not write back (after year 9999, yet one a
+// ULID holds) makes Put fail without staging anything.
+func TestPutRefusesYearsAfter9999(t *testing.T) {
+	s := New(openDB(t), 0)
+	e := validEvent()
+	e.Timestamp = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		ok, err := s.Put(tx, &e, "env-late")
+		if ok {
+			t.Error("Put reported recorded")
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "10000") {
+		t.Fatalf("want an error naming the year, got %v", err)
+	}
+	e.Timestamp = mustTime("9999-12-31T23:59:59.999999999Z")
+	if !put(t, s, e, "env-late") {
+		t.Fatal("year 9999 refused, or the marker of the failed Put survived")
+	}
+	got, err := s.Query(Filter{}, 10, 0)
+	if err != nil || len(got) != 1 || !got[0].Timestamp.Equal(e.Timestamp) {
+		t.Fatalf("%v %v", got, err)
 	}
 }
 
