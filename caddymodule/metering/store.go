@@ -2,6 +2,7 @@ package metering
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -17,7 +18,7 @@ import (
 //	v a\0<agent>\0<ulid>             index by agent (no value)
 //	v c\0<consumer>\0<ulid>          index by consumer
 //	v t\0<task id>\0<ulid>           index by task
-//	w sized(agent, consumer, envelope id)   dedup marker → ulid + call digest
+//	w sha256(sized(agent, consumer, envelope id))   dedup marker → call digest
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
 // The ULID's time part is the event's timestamp, so every prefix is also in
@@ -65,9 +66,12 @@ func indexKey(kind byte, value string, id ulid.ULID) []byte {
 }
 
 // dedupKey is per consumer: two consumers may pick the same envelope id,
-// and each of their tasks is usage.
+// and each of their tasks is usage. Markers are only ever looked up by
+// their parts, never listed, so the key is their hash: 33 bytes however
+// long the ids are.
 func dedupKey(agent, consumer, envelopeID string) []byte {
-	return storage.SpaceUsageSeen.SizedString(agent, consumer, envelopeID)
+	h := sha256.Sum256(storage.SpaceUsageSeen.SizedString(agent, consumer, envelopeID))
+	return storage.SpaceUsageSeen.Key(h[:])
 }
 
 // Put stages e in tx. With a non-empty dedup (the envelope id), a second
@@ -107,7 +111,9 @@ func (s *Store) PutCall(tx *storage.Tx, e *Event, dedup string, digest []byte) (
 	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), nil, s.retention)
 	if mk != nil {
-		tx.SetWithTTL(mk, append(id[:], digest...), s.retention)
+		// Purge finds the marker from the event's fields, so the marker
+		// need not name its event.
+		tx.SetWithTTL(mk, digest, s.retention)
 	}
 	return true, nil
 }
@@ -124,8 +130,8 @@ func (s *Store) Seen(agent, consumer, envelopeID string) (digest []byte, ok bool
 			return err
 		}
 		ok = true
-		if len(v) > len(ulid.ULID{}) {
-			digest = append([]byte(nil), v[len(ulid.ULID{}):]...)
+		if len(v) > 0 {
+			digest = append([]byte(nil), v...)
 		}
 		return nil
 	})

@@ -1,7 +1,7 @@
 package metering
 
 import (
-	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -98,12 +98,18 @@ func TestPutNormalisesTimestampToUTC(t *testing.T) {
 
 // The event, its three index copies and the dedup marker are written by one
 // Put in one transaction: all of them, with the key layout the package
-// documents, and the marker pointing at the event's ULID.
+// documents, and the marker holding the call's digest and nothing else.
 func TestPutKeyLayout(t *testing.T) {
 	s := New(openDB(t), 0)
 	e := fx["e1"]
-	if !put(t, s, e, "env-layout") {
-		t.Fatal("not recorded")
+	if err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		ok, err := s.PutCall(tx, &e, "env-layout", []byte("digest-layout"))
+		if !ok {
+			t.Error("not recorded")
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	type kv struct{ k, v []byte }
 	var all []kv
@@ -135,12 +141,14 @@ func TestPutKeyLayout(t *testing.T) {
 	if id.Time() != ulid.Timestamp(e.Timestamp) {
 		t.Errorf("ULID time %d, want the event's %d", id.Time(), ulid.Timestamp(e.Timestamp))
 	}
+	h := sha256.Sum256(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout"))
+	marker := append([]byte{'w'}, h[:]...)
 	want := map[string]bool{
 		string(primary): false,
-		"va\x00" + agentA + "\x00" + string(id[:]):                               false,
-		"vc\x00" + consC1 + "\x00" + string(id[:]):                               false,
-		"vt\x00t1\x00" + string(id[:]):                                           false,
-		string(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout")): false,
+		"va\x00" + agentA + "\x00" + string(id[:]): false,
+		"vc\x00" + consC1 + "\x00" + string(id[:]): false,
+		"vt\x00t1\x00" + string(id[:]):             false,
+		string(marker):                             false,
 	}
 	var stored Event
 	for _, x := range all {
@@ -150,8 +158,8 @@ func TestPutKeyLayout(t *testing.T) {
 		}
 		want[string(x.k)] = true
 		if x.k[0] == 'w' {
-			if !bytes.Equal(x.v, id[:]) {
-				t.Errorf("dedup marker value %x, want the event's ULID %x", x.v, id[:])
+			if string(x.v) != "digest-layout" {
+				t.Errorf("dedup marker value %q, want the call's digest", x.v)
 			}
 			continue
 		}
