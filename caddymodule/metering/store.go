@@ -14,10 +14,10 @@ import (
 
 // Store keeps usage events in the storage key spaces for usage:
 //
-//	u <ulid>                         event (primary, time-ordered; codec.go)
-//	v a\0<agent>\0<ulid>             index by agent (no value)
-//	v c\0<consumer>\0<ulid>          index by consumer
-//	v t\0<task id>\0<ulid>           index by task
+//	u <ulid>                    event (primary, time-ordered; codec.go)
+//	v a <h(agent)> <ulid>       index by agent (no value)
+//	v c <h(consumer)> <ulid>    index by consumer
+//	v t <h(task id)> <ulid>     index by task
 //	w sha256(sized(agent, consumer, envelope id))   dedup marker → call digest
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
@@ -25,7 +25,14 @@ import (
 // time order (to the millisecond; within one, in arrival order) and a time
 // window is a seek plus a stop. Index entries are keys only: writes stay
 // small on the hot path, and a filtered query reads the events its index
-// range names.
+// range names. h(x) is the first 8 bytes of x's SHA-256, so an index key
+// is 26 bytes however long the id: a query matches every event it reads
+// against its filter, and two ids sharing h cost it reads, never answers.
+//
+// The agent index is not the primary under another name: the process has
+// one database for every handler (one agent each), and a handler without
+// an agent records each call under its recipient, so a store may hold
+// several agents, and an agent's query must not read the others' events.
 // Everything but the counters expires after the retention period.
 type Store struct {
 	db        *storage.DB
@@ -57,8 +64,13 @@ func idOf(k []byte) (id ulid.ULID) {
 	return id
 }
 
+// indexHash is how many bytes of an id's SHA-256 its index keys hold:
+// enough that unrelated ids practically never share a range.
+const indexHash = 8
+
 func indexPrefix(kind byte, value string) []byte {
-	return storage.SpaceUsageIdx.Prefix([]byte{kind}, []byte(value))
+	h := sha256.Sum256([]byte(value))
+	return storage.SpaceUsageIdx.Key(append([]byte{kind}, h[:indexHash]...))
 }
 
 func indexKey(kind byte, value string, id ulid.ULID) []byte {
@@ -232,8 +244,8 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 	primary := prefix[0] == byte(storage.SpaceUsage)
 	return s.db.View(func(r *storage.Reader) error {
 		return r.ScanFrom(prefix, seek, false, func(k, v []byte) (bool, error) {
-			if len(k) < len(prefix)+16 {
-				return true, nil
+			if len(k) != len(prefix)+len(ulid.ULID{}) {
+				return true, nil // not one of ours: no event to name
 			}
 			id := idOf(k)
 			if endMS != 0 && id.Time() > endMS {

@@ -144,11 +144,11 @@ func TestPutKeyLayout(t *testing.T) {
 	h := sha256.Sum256(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout"))
 	marker := append([]byte{'w'}, h[:]...)
 	want := map[string]bool{
-		string(primary): false,
-		"va\x00" + agentA + "\x00" + string(id[:]): false,
-		"vc\x00" + consC1 + "\x00" + string(id[:]): false,
-		"vt\x00t1\x00" + string(id[:]):             false,
-		string(marker):                             false,
+		string(primary):                  false,
+		idx('a', agentA) + string(id[:]): false,
+		idx('c', consC1) + string(id[:]): false,
+		idx('t', "t1") + string(id[:]):   false,
+		string(marker):                   false,
 	}
 	var stored Event
 	for _, x := range all {
@@ -336,6 +336,12 @@ func TestPutRefusesYearsAfter9999(t *testing.T) {
 
 // ---------------------------------------------------------------- Filter, Each, Query
 
+// idx is the documented prefix of value's index range of kind.
+func idx(kind byte, value string) string {
+	h := sha256.Sum256([]byte(value))
+	return "v" + string(kind) + string(h[:8])
+}
+
 func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 	start, end := mustTime("2026-01-01T00:00:00Z"), mustTime("2026-02-01T00:00:00Z")
 	cases := []struct {
@@ -343,11 +349,11 @@ func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 		f    Filter
 		want string
 	}{
-		{"task beats consumer and agent", Filter{TaskID: "t1", ConsumerID: consC1, AgentID: agentA, Start: start, End: end}, "vt\x00t1\x00"},
-		{"task alone", Filter{TaskID: "t1"}, "vt\x00t1\x00"},
-		{"consumer beats agent", Filter{ConsumerID: consC1, AgentID: agentA}, "vc\x00" + consC1 + "\x00"},
-		{"consumer alone", Filter{ConsumerID: consC1, End: end}, "vc\x00" + consC1 + "\x00"},
-		{"agent", Filter{AgentID: agentA, Start: start}, "va\x00" + agentA + "\x00"},
+		{"task beats consumer and agent", Filter{TaskID: "t1", ConsumerID: consC1, AgentID: agentA, Start: start, End: end}, idx('t', "t1")},
+		{"task alone", Filter{TaskID: "t1"}, idx('t', "t1")},
+		{"consumer beats agent", Filter{ConsumerID: consC1, AgentID: agentA}, idx('c', consC1)},
+		{"consumer alone", Filter{ConsumerID: consC1, End: end}, idx('c', consC1)},
+		{"agent", Filter{AgentID: agentA, Start: start}, idx('a', agentA)},
 		{"time only: primary", Filter{Start: start, End: end}, "u"},
 		{"nothing: primary", Filter{}, "u"},
 	}
@@ -356,7 +362,7 @@ func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 			t.Errorf("%s: prefix %q, want %q", c.name, got, c.want)
 		}
 	}
-	if string(storage.SpaceUsage.Prefix()) != "u" || string(indexPrefix(idxAgent, "x")) != "va\x00x\x00" {
+	if string(storage.SpaceUsage.Prefix()) != "u" || string(indexPrefix(idxAgent, "x")) != idx('a', "x") {
 		t.Error("key spaces moved")
 	}
 }
@@ -426,6 +432,69 @@ func TestQueryFilters(t *testing.T) {
 			eq(t, "Each", each, c.want)
 		})
 	}
+}
+
+// An index range may name an event of another id (ids sharing a hash):
+// queries answer from the event itself, never from the range it was in.
+func TestIndexEntriesOfOtherIDsAreFilteredOut(t *testing.T) {
+	s := New(openDB(t), 0)
+	seed(t, s)
+	var e3 ulid.ULID // agent B, consumer C1, task t3
+	if err := s.DB().View(func(r *storage.Reader) error {
+		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
+			e, err := decodeEvent(idOf(k), v)
+			if e.EnvelopeID == "e3" {
+				e3 = idOf(k)
+			}
+			return true, err
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		tx.Set(indexKey(idxAgent, agentA, e3), nil)
+		tx.Set(indexKey(idxConsumer, consC2, e3), nil)
+		tx.Set(indexKey(idxTask, "t1", e3), nil)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		f    Filter
+		want []string
+	}{
+		{Filter{AgentID: agentA}, []string{"e1", "e2", "e5", "e7"}},
+		{Filter{AgentID: agentA, Start: fx["e2"].Timestamp, End: fx["e5"].Timestamp}, []string{"e2", "e5"}},
+		{Filter{ConsumerID: consC2}, []string{"e2", "e8", "e4", "e7"}},
+		{Filter{TaskID: "t1"}, []string{"e1", "e8"}},
+	} {
+		got, err := s.Query(c.f, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eq(t, fmt.Sprintf("%+v", c.f), names(got), c.want)
+	}
+}
+
+// Index keys and dedup markers are the same size however long the ids.
+func TestKeysDoNotGrowWithIDs(t *testing.T) {
+	s := New(openDB(t), 0)
+	e := validEvent()
+	long := strings.Repeat("x", 256)
+	e.TaskID, e.AgentID, e.ConsumerID = long, "urn:asap:agent:"+long, "urn:asap:agent:"+long
+	if !put(t, s, e, long) {
+		t.Fatal("not recorded")
+	}
+	sizes := map[byte][]int{}
+	if err := s.DB().View(func(r *storage.Reader) error {
+		return r.Scan(nil, false, func(k, _ []byte) (bool, error) {
+			sizes[k[0]] = append(sizes[k[0]], len(k))
+			return true, nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "key sizes by space", sizes, map[byte][]int{'u': {17}, 'v': {26, 26, 26}, 'w': {33}})
 }
 
 func TestQueryReturnsFullEvents(t *testing.T) {
