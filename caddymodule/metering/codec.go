@@ -14,15 +14,21 @@ import (
 // is the API's shape only (Event's tags). Version 1:
 //
 //	byte     version (1)
-//	uvarint  nanoseconds past the millisecond of the event's ULID (the
-//	         key holds the millisecond; this keeps a posted timestamp to
-//	         the nanosecond)
-//	strings  task id, agent id, consumer id, envelope id, delegation id,
-//	         root issuer: each a uvarint length, then the bytes
-//	words    status, payload type: a code below len(words), or
-//	         len(words)+length and then the bytes
-//	uvarints tokens in, tokens out, duration ms, api calls, as uint64 (a
+//	uvarint  nanoseconds past the millisecond of the event's ULID (the key
+//	         holds the millisecond; a posted timestamp keeps its nanoseconds)
+//	string   task id, agent id, consumer id
+//	same     envelope id, or the task id (calls that are not tasks are
+//	         recorded under their envelope id)
+//	string   delegation id
+//	same     root issuer, or the agent (tokens its own sidecar minted)
+//	word     status, payload type
+//	uvarint  tokens in, tokens out, duration ms, api calls, as uint64 (a
 //	         negative figure costs ten bytes but still comes back)
+//
+// A string is a uvarint length, then the bytes. A same is 0 for the other
+// field's value, or a string whose length is written plus 1. A word is a
+// code below len(words), or a string whose length is written plus
+// len(words).
 const eventV1 = 1
 
 // words are the status and payload type values the sidecar writes, kept
@@ -44,10 +50,12 @@ var errCorrupt = errors.New("metering: corrupt usage event")
 func appendEvent(b []byte, e *Event) []byte {
 	b = append(b, eventV1)
 	b = binary.AppendUvarint(b, uint64(e.Timestamp.Nanosecond()%int(time.Millisecond)))
-	for _, s := range [...]string{e.TaskID, e.AgentID, e.ConsumerID, e.EnvelopeID, e.DelegationID, e.RootIssuer} {
-		b = binary.AppendUvarint(b, uint64(len(s)))
-		b = append(b, s...)
-	}
+	b = appendString(b, e.TaskID, 0)
+	b = appendString(b, e.AgentID, 0)
+	b = appendString(b, e.ConsumerID, 0)
+	b = appendSameOr(b, e.EnvelopeID, e.TaskID)
+	b = appendString(b, e.DelegationID, 0)
+	b = appendSameOr(b, e.RootIssuer, e.AgentID)
 	b = appendWord(b, e.Status)
 	b = appendWord(b, e.PayloadType)
 	for _, n := range [...]int64{e.TokensIn, e.TokensOut, e.DurationMS, e.APICalls} {
@@ -56,14 +64,27 @@ func appendEvent(b []byte, e *Event) []byte {
 	return b
 }
 
+// appendString appends s's length plus skip, then s.
+func appendString(b []byte, s string, skip uint64) []byte {
+	b = binary.AppendUvarint(b, skip+uint64(len(s)))
+	return append(b, s...)
+}
+
+// appendSameOr appends 0 when s is same, else s with its length plus 1.
+func appendSameOr(b []byte, s, same string) []byte {
+	if s == same {
+		return append(b, 0)
+	}
+	return appendString(b, s, 1)
+}
+
 func appendWord(b []byte, s string) []byte {
 	for i, w := range words {
 		if s == w {
 			return binary.AppendUvarint(b, uint64(i))
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(words)+len(s)))
-	return append(b, s...)
+	return appendString(b, s, uint64(len(words)))
 }
 
 // decodeEvent reads the event stored under id. It fails on a value
@@ -80,9 +101,12 @@ func decodeEvent(id ulid.ULID, v []byte) (Event, error) {
 		r.err = fmt.Errorf("%d ns past the millisecond", sub)
 	}
 	e.Timestamp = time.UnixMilli(int64(id.Time())).Add(time.Duration(sub)).UTC()
-	for _, s := range [...]*string{&e.TaskID, &e.AgentID, &e.ConsumerID, &e.EnvelopeID, &e.DelegationID, &e.RootIssuer} {
-		*s = r.str(r.uvarint())
-	}
+	e.TaskID = r.str(r.uvarint())
+	e.AgentID = r.str(r.uvarint())
+	e.ConsumerID = r.str(r.uvarint())
+	e.EnvelopeID = r.sameOr(e.TaskID)
+	e.DelegationID = r.str(r.uvarint())
+	e.RootIssuer = r.sameOr(e.AgentID)
 	e.Status = r.word()
 	e.PayloadType = r.word()
 	for _, n := range [...]*int64{&e.TokensIn, &e.TokensOut, &e.DurationMS, &e.APICalls} {
@@ -128,6 +152,17 @@ func (r *reader) str(n uint64) string {
 	s := string(r.b[:n])
 	r.b = r.b[n:]
 	return s
+}
+
+func (r *reader) sameOr(same string) string {
+	switch n := r.uvarint(); {
+	case r.err != nil:
+		return ""
+	case n == 0:
+		return same
+	default:
+		return r.str(n - 1)
+	}
 }
 
 func (r *reader) word() string {

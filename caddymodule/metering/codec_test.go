@@ -43,6 +43,10 @@ func codecCases() map[string]Event {
 			Timestamp: mustTime("9999-12-31T23:59:59.999999999Z")},
 		"negative figures still come back": {TaskID: "t", AgentID: "a", ConsumerID: "c",
 			TokensIn: -1, TokensOut: -1 << 63, DurationMS: -5, APICalls: 1<<63 - 1, Timestamp: mustTime("2026-02-06T09:00:00.0005Z")},
+		"envelope id is the task id, root issuer the agent": {TaskID: "01JENV", AgentID: agentA, ConsumerID: consC1,
+			EnvelopeID: "01JENV", DelegationID: "jti-2", RootIssuer: agentA, Timestamp: mustTime("2026-02-06T09:00:00.000001Z")},
+		"no task id, agent or envelope id": {ConsumerID: "c", DelegationID: "jti-3", RootIssuer: "urn:asap:agent:root",
+			Timestamp: mustTime("2026-02-06T09:00:00Z")},
 		"a status and payload type that are not words": {TaskID: "t", AgentID: "a", ConsumerID: "c",
 			Status: "completed2", PayloadType: "Task.Request", Timestamp: mustTime("2026-02-06T09:00:00.001Z")},
 	}
@@ -121,6 +125,17 @@ func TestWordsAreOneByte(t *testing.T) {
 	}
 }
 
+// An envelope id that is the task id, and a root issuer that is the
+// agent, cost a byte each: no more than leaving them out.
+func TestSharedFieldsCostOneByte(t *testing.T) {
+	e := codecCases()["envelope id is the task id, root issuer the agent"]
+	_, shared := encoded(t, e)
+	e.EnvelopeID, e.RootIssuer = "", ""
+	if _, none := encoded(t, e); len(shared) != len(none) {
+		t.Errorf("%d bytes with the shared fields, %d without", len(shared), len(none))
+	}
+}
+
 // A stored event is much smaller than its JSON.
 func TestEventIsCompact(t *testing.T) {
 	e := codecCases()["every field"]
@@ -146,8 +161,11 @@ func TestDecodeEventRejectsCorruptValues(t *testing.T) {
 		"max uvarint":    binary.AppendUvarint([]byte{eventV1, 0}, 1<<64-1),
 		"word too big":   binary.AppendUvarint(append([]byte{eventV1, 0}, 0, 0, 0, 0, 0, 0), 1<<64-1),
 	}
-	for i := 0; i < len(good); i++ {
-		bad[fmt.Sprintf("cut at %d", i)] = good[:i]
+	for name, e := range codecCases() {
+		_, v := encoded(t, e)
+		for i := 0; i < len(v); i++ {
+			bad[fmt.Sprintf("%s, cut at %d", name, i)] = v[:i]
+		}
 	}
 	for name, v := range bad {
 		got, err := decodeEvent(id, v)
