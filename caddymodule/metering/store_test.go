@@ -1079,4 +1079,11 @@ func TestDedupIsPerConsumerAndKeepsTheDigest(t *testing.T) {
 	if _, ok, err := s.Seen("urn:asap:agent:a", "urn:asap:agent:carol", "env-1"); ok || err != nil {
 		t.Fatalf("Seen for a consumer that never sent it: %v, %v", ok, err)
 	}
+	// A marker written without a digest (POST /usage) is seen, with none.
+	carol := e
+	carol.ConsumerID = "urn:asap:agent:carol"
+	put(t, s, carol, "env-1")
+	if d, ok, err := s.Seen("urn:asap:agent:a", carol.ConsumerID, "env-1"); !ok || err != nil || d != nil {
+		t.Fatalf("Seen after Put without a digest: %q, %v, %v; want no digest", d, ok, err)
+	}
 }
