@@ -2,8 +2,9 @@ package metering
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -13,18 +14,25 @@ import (
 
 // Store keeps usage events in the storage key spaces for usage:
 //
-//	u <ulid>                         event (primary, time-ordered)
-//	v a\0<agent>\0<ulid>             index by agent (no value)
-//	v c\0<consumer>\0<ulid>          index by consumer
-//	v t\0<task id>\0<ulid>           index by task
-//	w sized(agent, consumer, envelope id)   dedup marker → ulid + call digest
+//	u <ulid>                    event (primary, time-ordered; codec.go)
+//	v a <h(agent)> <ulid>       index by agent (no value)
+//	v c <h(consumer)> <ulid>    index by consumer
+//	v t <h(task id)> <ulid>     index by task
+//	w sha256(sized(agent, consumer, envelope id))   dedup marker → call digest
 //	c <agent>\0forwarded|completed|failed   outcome counters
 //
 // The ULID's time part is the event's timestamp, so every prefix is also in
 // time order (to the millisecond; within one, in arrival order) and a time
 // window is a seek plus a stop. Index entries are keys only: writes stay
 // small on the hot path, and a filtered query reads the events its index
-// range names.
+// range names. h(x) is the first 8 bytes of x's SHA-256, so an index key
+// is 26 bytes however long the id: a query matches every event it reads
+// against its filter, and two ids sharing h cost it reads, never answers.
+//
+// The agent index is not the primary under another name: the process has
+// one database for every handler (one agent each), and a handler without
+// an agent records each call under its recipient, so a store may hold
+// several agents, and an agent's query must not read the others' events.
 // Everything but the counters expires after the retention period.
 type Store struct {
 	db        *storage.DB
@@ -50,8 +58,19 @@ const (
 
 func primaryKey(id ulid.ULID) []byte { return storage.SpaceUsage.Key(id[:]) }
 
+// idOf is the ULID a primary or index key ends in.
+func idOf(k []byte) (id ulid.ULID) {
+	copy(id[:], k[max(len(k)-len(id), 0):])
+	return id
+}
+
+// indexHash is how many bytes of an id's SHA-256 its index keys hold:
+// enough that unrelated ids practically never share a range.
+const indexHash = 8
+
 func indexPrefix(kind byte, value string) []byte {
-	return storage.SpaceUsageIdx.Prefix([]byte{kind}, []byte(value))
+	h := sha256.Sum256([]byte(value))
+	return storage.SpaceUsageIdx.Key(append([]byte{kind}, h[:indexHash]...))
 }
 
 func indexKey(kind byte, value string, id ulid.ULID) []byte {
@@ -59,9 +78,12 @@ func indexKey(kind byte, value string, id ulid.ULID) []byte {
 }
 
 // dedupKey is per consumer: two consumers may pick the same envelope id,
-// and each of their tasks is usage.
+// and each of their tasks is usage. Markers are only ever looked up by
+// their parts, never listed, so the key is their hash: 33 bytes however
+// long the ids are.
 func dedupKey(agent, consumer, envelopeID string) []byte {
-	return storage.SpaceUsageSeen.SizedString(agent, consumer, envelopeID)
+	h := sha256.Sum256(storage.SpaceUsageSeen.SizedString(agent, consumer, envelopeID))
+	return storage.SpaceUsageSeen.Key(h[:])
 }
 
 // Put stages e in tx. With a non-empty dedup (the envelope id), a second
@@ -92,16 +114,18 @@ func (s *Store) PutCall(tx *storage.Tx, e *Event, dedup string, digest []byte) (
 	if err != nil {
 		return false, err
 	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return false, err
+	if y := e.Timestamp.Year(); y > 9999 {
+		// The API could not write it back (RFC 3339 has four-digit years).
+		return false, fmt.Errorf("metering: timestamp year %d is after 9999", y)
 	}
-	tx.SetWithTTL(primaryKey(id), b, s.retention)
+	tx.SetWithTTL(primaryKey(id), appendEvent(nil, e), s.retention)
 	tx.SetWithTTL(indexKey(idxAgent, e.AgentID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxConsumer, e.ConsumerID, id), nil, s.retention)
 	tx.SetWithTTL(indexKey(idxTask, e.TaskID, id), nil, s.retention)
 	if mk != nil {
-		tx.SetWithTTL(mk, append(id[:], digest...), s.retention)
+		// Purge finds the marker from the event's fields, so the marker
+		// need not name its event.
+		tx.SetWithTTL(mk, digest, s.retention)
 	}
 	return true, nil
 }
@@ -118,8 +142,8 @@ func (s *Store) Seen(agent, consumer, envelopeID string) (digest []byte, ok bool
 			return err
 		}
 		ok = true
-		if len(v) > len(ulid.ULID{}) {
-			digest = append([]byte(nil), v[len(ulid.ULID{}):]...)
+		if len(v) > 0 {
+			digest = append([]byte(nil), v...)
 		}
 		return nil
 	})
@@ -220,11 +244,10 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 	primary := prefix[0] == byte(storage.SpaceUsage)
 	return s.db.View(func(r *storage.Reader) error {
 		return r.ScanFrom(prefix, seek, false, func(k, v []byte) (bool, error) {
-			if len(k) < len(prefix)+16 {
-				return true, nil
+			if len(k) != len(prefix)+len(ulid.ULID{}) {
+				return true, nil // not one of ours: no event to name
 			}
-			var id ulid.ULID
-			copy(id[:], k[len(k)-16:])
+			id := idOf(k)
 			if endMS != 0 && id.Time() > endMS {
 				return false, nil // past the window: the rest is later still
 			}
@@ -236,8 +259,8 @@ func (s *Store) Each(f Filter, fn func(*Event) bool) error {
 					return false, err
 				}
 			}
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			e, err := decodeEvent(id, v)
+			if err != nil {
 				return false, err
 			}
 			if !f.match(&e) {
@@ -284,8 +307,8 @@ func (s *Store) Stats() (Stats, error) {
 	err := s.db.View(func(r *storage.Reader) error {
 		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
 			if st.TotalEvents == 0 {
-				var e Event
-				if err := json.Unmarshal(v, &e); err != nil {
+				e, err := decodeEvent(idOf(k), v)
+				if err != nil {
 					return false, err
 				}
 				st.OldestTimestamp = &e.Timestamp
@@ -310,15 +333,14 @@ func (s *Store) Purge(now time.Time) (int, error) {
 	var ids []ulid.ULID
 	err := s.db.View(func(r *storage.Reader) error {
 		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			id := idOf(k)
+			e, err := decodeEvent(id, v)
+			if err != nil {
 				return false, err
 			}
 			if !e.Timestamp.Before(cutoff) {
 				return ulid.Timestamp(e.Timestamp) <= ulid.Timestamp(cutoff), nil
 			}
-			var id ulid.ULID
-			copy(id[:], k[1:])
 			old, ids = append(old, e), append(ids, id)
 			return true, nil
 		})

@@ -1,10 +1,10 @@
 package metering
 
 import (
-	"bytes"
-	"encoding/json"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -98,12 +98,18 @@ func TestPutNormalisesTimestampToUTC(t *testing.T) {
 
 // The event, its three index copies and the dedup marker are written by one
 // Put in one transaction: all of them, with the key layout the package
-// documents, and the marker pointing at the event's ULID.
+// documents, and the marker holding the call's digest and nothing else.
 func TestPutKeyLayout(t *testing.T) {
 	s := New(openDB(t), 0)
 	e := fx["e1"]
-	if !put(t, s, e, "env-layout") {
-		t.Fatal("not recorded")
+	if err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		ok, err := s.PutCall(tx, &e, "env-layout", []byte("digest-layout"))
+		if !ok {
+			t.Error("not recorded")
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	type kv struct{ k, v []byte }
 	var all []kv
@@ -135,12 +141,14 @@ func TestPutKeyLayout(t *testing.T) {
 	if id.Time() != ulid.Timestamp(e.Timestamp) {
 		t.Errorf("ULID time %d, want the event's %d", id.Time(), ulid.Timestamp(e.Timestamp))
 	}
+	h := sha256.Sum256(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout"))
+	marker := append([]byte{'w'}, h[:]...)
 	want := map[string]bool{
-		string(primary): false,
-		"va\x00" + agentA + "\x00" + string(id[:]):                               false,
-		"vc\x00" + consC1 + "\x00" + string(id[:]):                               false,
-		"vt\x00t1\x00" + string(id[:]):                                           false,
-		string(storage.SpaceUsageSeen.SizedString(agentA, consC1, "env-layout")): false,
+		string(primary):                  false,
+		idx('a', agentA) + string(id[:]): false,
+		idx('c', consC1) + string(id[:]): false,
+		idx('t', "t1") + string(id[:]):   false,
+		string(marker):                   false,
 	}
 	var stored Event
 	for _, x := range all {
@@ -150,8 +158,8 @@ func TestPutKeyLayout(t *testing.T) {
 		}
 		want[string(x.k)] = true
 		if x.k[0] == 'w' {
-			if !bytes.Equal(x.v, id[:]) {
-				t.Errorf("dedup marker value %x, want the event's ULID %x", x.v, id[:])
+			if string(x.v) != "digest-layout" {
+				t.Errorf("dedup marker value %q, want the call's digest", x.v)
 			}
 			continue
 		}
@@ -161,7 +169,8 @@ func TestPutKeyLayout(t *testing.T) {
 			}
 			continue
 		}
-		if err := json.Unmarshal(x.v, &stored); err != nil {
+		var err error
+		if stored, err = decodeEvent(id, x.v); err != nil {
 			t.Fatalf("value of %q: %v", x.k, err)
 		}
 	}
@@ -299,7 +308,39 @@ func TestPutRefusesPreEpochTimestamp(t *testing.T) {
 	}
 }
 
+// A timestamp the API could not write back (after year 9999, yet one a
+// ULID holds) makes Put fail without staging anything.
+func TestPutRefusesYearsAfter9999(t *testing.T) {
+	s := New(openDB(t), 0)
+	e := validEvent()
+	e.Timestamp = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		ok, err := s.Put(tx, &e, "env-late")
+		if ok {
+			t.Error("Put reported recorded")
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "10000") {
+		t.Fatalf("want an error naming the year, got %v", err)
+	}
+	e.Timestamp = mustTime("9999-12-31T23:59:59.999999999Z")
+	if !put(t, s, e, "env-late") {
+		t.Fatal("year 9999 refused, or the marker of the failed Put survived")
+	}
+	got, err := s.Query(Filter{}, 10, 0)
+	if err != nil || len(got) != 1 || !got[0].Timestamp.Equal(e.Timestamp) {
+		t.Fatalf("%v %v", got, err)
+	}
+}
+
 // ---------------------------------------------------------------- Filter, Each, Query
+
+// idx is the documented prefix of value's index range of kind.
+func idx(kind byte, value string) string {
+	h := sha256.Sum256([]byte(value))
+	return "v" + string(kind) + string(h[:8])
+}
 
 func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 	start, end := mustTime("2026-01-01T00:00:00Z"), mustTime("2026-02-01T00:00:00Z")
@@ -308,11 +349,11 @@ func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 		f    Filter
 		want string
 	}{
-		{"task beats consumer and agent", Filter{TaskID: "t1", ConsumerID: consC1, AgentID: agentA, Start: start, End: end}, "vt\x00t1\x00"},
-		{"task alone", Filter{TaskID: "t1"}, "vt\x00t1\x00"},
-		{"consumer beats agent", Filter{ConsumerID: consC1, AgentID: agentA}, "vc\x00" + consC1 + "\x00"},
-		{"consumer alone", Filter{ConsumerID: consC1, End: end}, "vc\x00" + consC1 + "\x00"},
-		{"agent", Filter{AgentID: agentA, Start: start}, "va\x00" + agentA + "\x00"},
+		{"task beats consumer and agent", Filter{TaskID: "t1", ConsumerID: consC1, AgentID: agentA, Start: start, End: end}, idx('t', "t1")},
+		{"task alone", Filter{TaskID: "t1"}, idx('t', "t1")},
+		{"consumer beats agent", Filter{ConsumerID: consC1, AgentID: agentA}, idx('c', consC1)},
+		{"consumer alone", Filter{ConsumerID: consC1, End: end}, idx('c', consC1)},
+		{"agent", Filter{AgentID: agentA, Start: start}, idx('a', agentA)},
 		{"time only: primary", Filter{Start: start, End: end}, "u"},
 		{"nothing: primary", Filter{}, "u"},
 	}
@@ -321,7 +362,7 @@ func TestFilterPrefixPicksNarrowestIndex(t *testing.T) {
 			t.Errorf("%s: prefix %q, want %q", c.name, got, c.want)
 		}
 	}
-	if string(storage.SpaceUsage.Prefix()) != "u" || string(indexPrefix(idxAgent, "x")) != "va\x00x\x00" {
+	if string(storage.SpaceUsage.Prefix()) != "u" || string(indexPrefix(idxAgent, "x")) != idx('a', "x") {
 		t.Error("key spaces moved")
 	}
 }
@@ -391,6 +432,69 @@ func TestQueryFilters(t *testing.T) {
 			eq(t, "Each", each, c.want)
 		})
 	}
+}
+
+// An index range may name an event of another id (ids sharing a hash):
+// queries answer from the event itself, never from the range it was in.
+func TestIndexEntriesOfOtherIDsAreFilteredOut(t *testing.T) {
+	s := New(openDB(t), 0)
+	seed(t, s)
+	var e3 ulid.ULID // agent B, consumer C1, task t3
+	if err := s.DB().View(func(r *storage.Reader) error {
+		return r.Scan(storage.SpaceUsage.Prefix(), false, func(k, v []byte) (bool, error) {
+			e, err := decodeEvent(idOf(k), v)
+			if e.EnvelopeID == "e3" {
+				e3 = idOf(k)
+			}
+			return true, err
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := commit(t, s.DB(), func(tx *storage.Tx) error {
+		tx.Set(indexKey(idxAgent, agentA, e3), nil)
+		tx.Set(indexKey(idxConsumer, consC2, e3), nil)
+		tx.Set(indexKey(idxTask, "t1", e3), nil)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		f    Filter
+		want []string
+	}{
+		{Filter{AgentID: agentA}, []string{"e1", "e2", "e5", "e7"}},
+		{Filter{AgentID: agentA, Start: fx["e2"].Timestamp, End: fx["e5"].Timestamp}, []string{"e2", "e5"}},
+		{Filter{ConsumerID: consC2}, []string{"e2", "e8", "e4", "e7"}},
+		{Filter{TaskID: "t1"}, []string{"e1", "e8"}},
+	} {
+		got, err := s.Query(c.f, 100, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eq(t, fmt.Sprintf("%+v", c.f), names(got), c.want)
+	}
+}
+
+// Index keys and dedup markers are the same size however long the ids.
+func TestKeysDoNotGrowWithIDs(t *testing.T) {
+	s := New(openDB(t), 0)
+	e := validEvent()
+	long := strings.Repeat("x", 256)
+	e.TaskID, e.AgentID, e.ConsumerID = long, "urn:asap:agent:"+long, "urn:asap:agent:"+long
+	if !put(t, s, e, long) {
+		t.Fatal("not recorded")
+	}
+	sizes := map[byte][]int{}
+	if err := s.DB().View(func(r *storage.Reader) error {
+		return r.Scan(nil, false, func(k, _ []byte) (bool, error) {
+			sizes[k[0]] = append(sizes[k[0]], len(k))
+			return true, nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "key sizes by space", sizes, map[byte][]int{'u': {17}, 'v': {26, 26, 26}, 'w': {33}})
 }
 
 func TestQueryReturnsFullEvents(t *testing.T) {
@@ -974,5 +1078,12 @@ func TestDedupIsPerConsumerAndKeepsTheDigest(t *testing.T) {
 	}
 	if _, ok, err := s.Seen("urn:asap:agent:a", "urn:asap:agent:carol", "env-1"); ok || err != nil {
 		t.Fatalf("Seen for a consumer that never sent it: %v, %v", ok, err)
+	}
+	// A marker written without a digest (POST /usage) is seen, with none.
+	carol := e
+	carol.ConsumerID = "urn:asap:agent:carol"
+	put(t, s, carol, "env-1")
+	if d, ok, err := s.Seen("urn:asap:agent:a", carol.ConsumerID, "env-1"); !ok || err != nil || d != nil {
+		t.Fatalf("Seen after Put without a digest: %q, %v, %v; want no digest", d, ok, err)
 	}
 }
