@@ -287,7 +287,7 @@ func BenchmarkDiskPerTask(b *testing.B) {
 	for _, sp := range spaces {
 		keys += sp.Keys
 		if b.N > 1 { // the probe run of one task says nothing
-			fmt.Printf("  space %q: %5.2f keys/task, %5.0f key+value bytes/task\n", byte(sp.Space), float64(sp.Keys)/n, float64(sp.Bytes)/n)
+			fmt.Printf("  space %q: %5.2f keys/task, %5.0f key+value bytes/task, %5.0f stale bytes/task\n", byte(sp.Space), float64(sp.Keys)/n, float64(sp.Bytes)/n, float64(sp.StaleBytes)/n)
 		}
 	}
 	b.ReportMetric(float64(size)/n, "disk-B/task")

@@ -13,6 +13,9 @@ type SpaceSize struct {
 	Space Space
 	Keys  int
 	Bytes int64
+	// StaleBytes are the keys and values of overwritten or deleted
+	// versions still on disk, until compaction drops them.
+	StaleBytes int64
 }
 
 // SpaceSizes reads a closed database in dir, read-only, and sums its live
@@ -26,8 +29,9 @@ func SpaceSizes(dir string) ([]SpaceSize, error) {
 	defer bdb.Close()
 	by := map[Space]*SpaceSize{}
 	err = bdb.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{})
+		it := txn.NewIterator(badger.IteratorOptions{AllVersions: true})
 		defer it.Close()
+		var last []byte
 		for it.Rewind(); it.Valid(); it.Next() {
 			item := it.Item()
 			k := item.Key()
@@ -39,8 +43,16 @@ func SpaceSizes(dir string) ([]SpaceSize, error) {
 				s = &SpaceSize{Space: Space(k[0])}
 				by[Space(k[0])] = s
 			}
-			s.Keys++
-			s.Bytes += int64(len(k)) + item.ValueSize()
+			n := int64(len(k)) + item.ValueSize()
+			// Versions come newest first: the first of a key is live
+			// unless it is a deletion or expired.
+			if last != nil && string(last) == string(k) || item.IsDeletedOrExpired() {
+				s.StaleBytes += n
+			} else {
+				s.Keys++
+				s.Bytes += n
+			}
+			last = item.KeyCopy(last[:0])
 		}
 		return nil
 	})

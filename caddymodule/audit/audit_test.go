@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -384,8 +383,7 @@ func TestTruncateAndRewriteCaughtByConsistencyProof(t *testing.T) {
 			h.Size, h.Hash, h.Last = seq+1, hex.EncodeToString(sum[:]), b.ts
 		}
 		h.Range = rng.Hashes()
-		b, _ := json.Marshal(h)
-		tx.Set(headKey, b)
+		tx.Set(headKey, h.encode())
 		return nil
 	})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -587,7 +586,27 @@ func TestAppendOverCorruptHeadHash(t *testing.T) {
 
 func editHeadRaw(h head) func(txn *badger.Txn) error {
 	return func(txn *badger.Txn) error {
-		b, _ := json.Marshal(h)
-		return txn.Set(headKey, b)
+		return txn.Set(headKey, h.encode())
+	}
+}
+
+// The head round-trips, and a head cut short before its range is
+// refused rather than read as another head.
+func TestHeadEncoding(t *testing.T) {
+	h := head{Size: 300, Hash: strings.Repeat("ab", 32), Last: "2026-12-03T06:00:00.000001Z",
+		Range: [][]byte{bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), {}}}
+	enc := h.encode()
+	get := func(b []byte) func([]byte) ([]byte, error) {
+		return func([]byte) ([]byte, error) { return b, nil }
+	}
+	got, err := readHead(get(enc))
+	if err != nil || !reflect.DeepEqual(*got, h) {
+		t.Fatalf("round trip: %+v %v, want %+v", got, err, h)
+	}
+	fixed := len(enc) - 3*1 - 64 // the range starts here
+	for n := 0; n < fixed; n++ {
+		if _, err := readHead(get(enc[:n])); err == nil || !strings.Contains(err.Error(), "head is corrupt") {
+			t.Fatalf("head cut to %d of %d bytes: %v", n, len(enc), err)
+		}
 	}
 }

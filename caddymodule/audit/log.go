@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -81,12 +80,27 @@ func indexPrefix(kind byte, value string) []byte {
 	return storage.SpaceAudit.Prefix([]byte("i"), append([]byte{kind}, value...))
 }
 
-// head is the log's tip.
+// head is the log's tip, rewritten by every Append: size, last hash
+// (hex) and timestamp, and the compact range of the tree (one hash per
+// set bit of size). Stored as uvarint size, then uvarint-length-prefixed
+// hash, last and range hashes: binary, as it is read and written once per
+// task.
 type head struct {
-	Size  uint64   `json:"size"`
-	Hash  string   `json:"hash"`
-	Last  string   `json:"last"`
-	Range [][]byte `json:"range"`
+	Size  uint64
+	Hash  string
+	Last  string
+	Range [][]byte
+}
+
+func (h *head) encode() []byte {
+	b := make([]byte, 0, 16+len(h.Hash)+len(h.Last)+33*len(h.Range))
+	b = binary.AppendUvarint(b, h.Size)
+	b = appendBytes(b, []byte(h.Hash))
+	b = appendBytes(b, []byte(h.Last))
+	for _, r := range h.Range {
+		b = appendBytes(b, r)
+	}
+	return b
 }
 
 func readHead(get func([]byte) ([]byte, error)) (*head, error) {
@@ -97,11 +111,19 @@ func readHead(get func([]byte) ([]byte, error)) (*head, error) {
 	if err != nil {
 		return nil, err
 	}
-	var h head
-	if err := json.Unmarshal(b, &h); err != nil {
-		return nil, fmt.Errorf("audit: head is corrupt: %w", err)
+	size, w := binary.Uvarint(b)
+	if w <= 0 {
+		return nil, fmt.Errorf("audit: head is %w: no size", errCorrupt)
 	}
-	return &h, nil
+	d := decoder{rest: b[w:]}
+	h := &head{Size: size, Hash: string(d.bytes()), Last: string(d.bytes())}
+	for !d.bad && len(d.rest) > 0 {
+		h.Range = append(h.Range, bytes.Clone(d.bytes()))
+	}
+	if d.bad {
+		return nil, fmt.Errorf("audit: head is %w: truncated", errCorrupt)
+	}
+	return h, nil
 }
 
 // Append stages recs as the next entries, inside tx, as one block:
@@ -192,11 +214,7 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	last := out[len(out)-1]
 	h.Size, h.Hash, h.Last = h.Size+uint64(len(out)), last.Hash, last.Timestamp
 	h.Range = rng.Hashes()
-	hb, err := json.Marshal(h)
-	if err != nil {
-		return nil, err
-	}
-	tx.Set(headKey, hb)
+	tx.Set(headKey, h.encode())
 	return out, nil
 }
 

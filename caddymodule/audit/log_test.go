@@ -115,13 +115,12 @@ func editHead(edit func(h *head)) func(txn *badger.Txn) error {
 		if err != nil {
 			return err
 		}
-		var h head
-		if err := json.Unmarshal(b, &h); err != nil {
+		h, err := readHead(func([]byte) ([]byte, error) { return b, nil })
+		if err != nil {
 			return err
 		}
-		edit(&h)
-		b, _ = json.Marshal(&h)
-		return txn.Set(headKey, b)
+		edit(h)
+		return txn.Set(headKey, h.encode())
 	}
 }
 
