@@ -1,12 +1,19 @@
 # Shared by the bench scripts: a scratch directory removed on exit, the
 # built binary, and the demo agent running as its own process.
 # Set before sourcing: agent_port. Defines: root, work, start_agent, wait_up.
+# The agent is the same binary as the sidecar.
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-go build -o "$work/asap-caddy" "$root/cmd/asap-caddy"
+# ASAP_CADDY runs a binary built elsewhere (another commit, for a before
+# and after); by default this checkout is built.
+if [ -n "${ASAP_CADDY:-}" ]; then
+	cp "$ASAP_CADDY" "$work/asap-caddy"
+else
+	go build -o "$work/asap-caddy" "$root/cmd/asap-caddy"
+fi
 
 start_agent() {
 	cat > "$work/agent.Caddyfile" <<CF
