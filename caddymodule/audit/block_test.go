@@ -603,10 +603,40 @@ func TestHeadEncoding(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(*got, h) {
 		t.Fatalf("round trip: %+v %v, want %+v", got, err, h)
 	}
+	if _, err := readHead(get(nil)); err == nil || !strings.Contains(err.Error(), "no size") {
+		t.Fatalf("empty head: %v", err)
+	}
 	fixed := len(enc) - 3*1 - 64 // the range starts here
 	for n := 0; n < fixed; n++ {
 		if _, err := readHead(get(enc[:n])); err == nil || !strings.Contains(err.Error(), "head is corrupt") {
 			t.Fatalf("head cut to %d of %d bytes: %v", n, len(enc), err)
 		}
+	}
+}
+
+// The block size limit is inclusive: a block of exactly maxBlockSize
+// bytes is stored and read back; one byte more is refused on both sides.
+func TestBlockOfExactlyTheLimit(t *testing.T) {
+	defer func(n int) { maxBlockSize = n }(maxBlockSize)
+	b := &block{first: 0, ts: "2026-12-03T06:00:00.000001Z", items: []item{{op: OpTaskStarted, agent: "urn:asap:agent:c", details: []byte(`{"n":"xxxxxxxxxx"}`)}}}
+	raw := appendBytes(appendBytes(nil, nil), []byte(b.ts))
+	raw = append(raw, opCode(OpTaskStarted))
+	raw = appendBytes(raw, []byte(b.items[0].agent))
+	raw = appendBytes(raw, b.items[0].details)
+	raw = append(raw, make([]byte, tagSize)...)
+	maxBlockSize = len(raw)
+	val, err := b.encode()
+	if err != nil {
+		t.Fatalf("a block of exactly the limit (%d bytes): %v", maxBlockSize, err)
+	}
+	if got, err := DecompressBlock(val); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("reading a block of exactly the limit: %v", err)
+	}
+	maxBlockSize--
+	if _, err := b.encode(); err == nil {
+		t.Fatal("a block one byte over the limit was encoded")
+	}
+	if _, err := DecompressBlock(val); err == nil {
+		t.Fatal("a block one byte over the limit was read")
 	}
 }
