@@ -52,7 +52,7 @@ func (a *wsAgentD) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // wsproxy.go:106. The subprotocol the agent chose is the client's.
-func TestWebSocketSubprotocolReachesTheClientD(t *testing.T) {
+func TestWebSocketSubprotocolReachesTheClient(t *testing.T) {
 	agent := newWSAgentD()
 	agent.subprotocols = []string{"asap.v1"}
 	srv := httptest.NewServer(agent)
@@ -76,7 +76,7 @@ func TestWebSocketSubprotocolReachesTheClientD(t *testing.T) {
 
 // wsproxy.go:157. A client that leaves with nothing pending has the
 // agent's socket closed at once, not after the drain timeout.
-func TestWebSocketClientLeavingClosesTheAgentD(t *testing.T) {
+func TestWebSocketClientLeavingClosesTheAgent(t *testing.T) {
 	saved := wsDrainTimeout.Load()
 	t.Cleanup(func() { wsDrainTimeout.Store(saved) }) // after Caddy stops
 	// Only bounds how long a broken drain holds the session at cleanup;
@@ -106,7 +106,7 @@ func TestWebSocketClientLeavingClosesTheAgentD(t *testing.T) {
 
 // wsproxy.go:473. Calls the agent never answered are recorded as failed
 // when the session ends, and a record that was stored logs no error.
-func TestWebSocketUnansweredCallsRecordedQuietlyD(t *testing.T) {
+func TestWebSocketUnansweredCallsRecordedQuietly(t *testing.T) {
 	agent := newWSAgentD()
 	agent.closeOnFrame = true
 	srv := httptest.NewServer(agent)
@@ -139,7 +139,7 @@ func TestWebSocketUnansweredCallsRecordedQuietlyD(t *testing.T) {
 // an answer reaches the client only once its records are stored: when
 // they cannot be (the audit log is broken), the client gets no answer but
 // a closed socket, and nothing is recorded without its audit entries.
-func TestWebSocketAnswerWaitsForItsRecordD(t *testing.T) {
+func TestWebSocketAnswerWaitsForItsRecord(t *testing.T) {
 	agent := &wsAgent{}
 	srv := httptest.NewServer(agent)
 	t.Cleanup(srv.Close)

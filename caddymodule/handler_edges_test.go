@@ -32,7 +32,7 @@ func rpcIDc(body []byte) string {
 // A deflate body that is nothing but a zlib header is refused, and the
 // detail says what is wrong with that header: here a window zlib does not
 // allow (CINFO 8).
-func TestDeflateBodyThatIsOnlyAZlibHeaderC(t *testing.T) {
+func TestDeflateBodyThatIsOnlyAZlibHeader(t *testing.T) {
 	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
 	srv := httptest.NewServer(up)
 	defer srv.Close()
@@ -52,7 +52,7 @@ func TestDeflateBodyThatIsOnlyAZlibHeaderC(t *testing.T) {
 
 // A body of exactly max_body is accepted and forwarded as sent; one byte
 // more is 413 and never reaches the agent.
-func TestBodyOfExactlyMaxBodyIsAcceptedC(t *testing.T) {
+func TestBodyOfExactlyMaxBodyIsAccepted(t *testing.T) {
 	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
 	srv := httptest.NewServer(up)
 	defer srv.Close()
@@ -78,7 +78,7 @@ func TestBodyOfExactlyMaxBodyIsAcceptedC(t *testing.T) {
 // With metering, audit and delegation off there is nothing to store: the
 // answer does not wait on the storage pipeline (strict durability waits
 // only for records).
-func TestNothingToRecordDoesNotWaitForStorageC(t *testing.T) {
+func TestNothingToRecordDoesNotWaitForStorage(t *testing.T) {
 	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
 	srv := httptest.NewServer(up)
 	defer srv.Close()
@@ -127,7 +127,7 @@ func TestNothingToRecordDoesNotWaitForStorageC(t *testing.T) {
 // An HTTP/2 WebSocket opens with an extended CONNECT (RFC 8441); HTTP/1.1
 // upgrade headers on an HTTP/2 GET open nothing (the GET is refused 405
 // like any GET on an ASAP path).
-func TestHTTP2WebSocketHandshakeC(t *testing.T) {
+func TestHTTP2WebSocketHandshake(t *testing.T) {
 	h2 := func(method string, h http.Header) *http.Request {
 		return &http.Request{Method: method, URL: &url.URL{Path: "/asap/ws"}, Proto: "HTTP/2.0", ProtoMajor: 2, Header: h}
 	}
@@ -144,7 +144,7 @@ func TestHTTP2WebSocketHandshakeC(t *testing.T) {
 
 // Error messages quote client input (a method, an encoding) only as
 // printable ASCII without spaces, and at most n bytes of it.
-func TestTruncateASCIIC(t *testing.T) {
+func TestTruncateASCII(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
 		n    int
@@ -167,7 +167,7 @@ func TestTruncateASCIIC(t *testing.T) {
 // its status: a 2xx or 5xx is replaced by a JSON-RPC error (502), a 3xx
 // or 4xx is the agent's own answer about the HTTP request and passes
 // through. A 5xx fails its task even when its body is a result.
-func TestUnparseableAnswerByStatusC(t *testing.T) {
+func TestUnparseableAnswerByStatus(t *testing.T) {
 	const garbage = "<html>oops</html>"
 	result := func(id string) string {
 		return fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed"}}},"id":%q}`, id, id)

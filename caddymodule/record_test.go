@@ -163,7 +163,7 @@ func corruptAuditHeadD(t *testing.T) {
 // record.go:48. With metering and audit off, the only thing an answered
 // call writes is its delegation slot: it must reach the disk (and an
 // unanswered call's must not, TestUnansweredCallLeavesNoCountOnDisk).
-func TestUnmeteredUnauditedCallPersistsItsSlotD(t *testing.T) {
+func TestUnmeteredUnauditedCallPersistsItsSlot(t *testing.T) {
 	s := startSidecar(t, "", requireOpts+"\nmetering off\naudit off")
 	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"],"max_tasks":3}`)
 	if a := callWith(t, s.url, token, envelope(idD("SLOT", 1), "echo", `{}`)); a.Result == nil {
@@ -181,7 +181,7 @@ func TestUnmeteredUnauditedCallPersistsItsSlotD(t *testing.T) {
 
 // record.go:87. Unusable metrics are counted as 0 with a warning (SPEC
 // §4), and usable ones without.
-func TestUnusableMetricsAreCountedAsZeroWithAWarningD(t *testing.T) {
+func TestUnusableMetricsAreCountedAsZeroWithAWarning(t *testing.T) {
 	bad, good := idD("METRICS", 1), idD("METRICS", 2)
 	up := agentD(t, func(id string) string {
 		if id == bad {
@@ -219,7 +219,7 @@ func TestUnusableMetricsAreCountedAsZeroWithAWarningD(t *testing.T) {
 
 // record.go:121. The call is recorded for the configured agent, not for
 // whatever the envelope names as recipient.
-func TestCallIsRecordedForTheConfiguredAgentD(t *testing.T) {
+func TestCallIsRecordedForTheConfiguredAgent(t *testing.T) {
 	up := agentD(t, func(id string) string { return resultD(id, "completed", `{"tokens_in":1}`) })
 	s := startSidecar(t, upstreamAddr(up), "agent urn:asap:agent:demo")
 	id := idD("AGENTOF", 1)
@@ -243,7 +243,7 @@ func TestCallIsRecordedForTheConfiguredAgentD(t *testing.T) {
 
 // record.go:165. A task.failed entry carries the agent's JSON-RPC error
 // code when it answered one, and none when the task failed otherwise.
-func TestTaskFailedEntryCarriesTheErrorCodeD(t *testing.T) {
+func TestTaskFailedEntryCarriesTheErrorCode(t *testing.T) {
 	rpcErr, failed := idD("ERRCODE", 1), idD("ERRCODE", 2)
 	up := agentD(t, func(id string) string {
 		if id == rpcErr {
@@ -274,7 +274,7 @@ func TestTaskFailedEntryCarriesTheErrorCodeD(t *testing.T) {
 
 // record.go:184. usage.recorded names the token a task ran under, and
 // no token when it ran under none.
-func TestUsageEntryNamesTheDelegationD(t *testing.T) {
+func TestUsageEntryNamesTheDelegation(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo\ndelegation optional")
 	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"]}`)
 	leaf, rej := delegation.ParseLink(token)
@@ -308,7 +308,7 @@ func TestUsageEntryNamesTheDelegationD(t *testing.T) {
 // record.go:240. A task whose audit entries cannot be appended is not
 // recorded without them: its write fails as a whole and the client is
 // told its record could not be stored.
-func TestAuditAppendFailureFailsTheTaskD(t *testing.T) {
+func TestAuditAppendFailureFailsTheTask(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo")
 	if _, b := post(t, s.url+"/asap", rpc("r1", envelope(idD("AUDITFAIL", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
 		t.Fatalf("before the corruption: %s", b)

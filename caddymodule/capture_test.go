@@ -22,7 +22,7 @@ import (
 // Informational answers (100 Continue, 103 Early Hints) reach the client
 // when the agent sends them, not with the final answer, and the final
 // status the client gets is the agent's.
-func TestInformationalAnswersGoStraightOnC(t *testing.T) {
+func TestInformationalAnswersGoStraightOn(t *testing.T) {
 	final := `{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":"r1"}`
 	for _, code := range []int{http.StatusContinue, http.StatusEarlyHints} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
@@ -83,7 +83,7 @@ func TestInformationalAnswersGoStraightOnC(t *testing.T) {
 
 // An answer of unknown length is held (and checked) when it may be JSON,
 // and streamed as it arrives when it says it is something else.
-func TestUnknownLengthAnswersByContentTypeC(t *testing.T) {
+func TestUnknownLengthAnswersByContentType(t *testing.T) {
 	t.Run("text/plain streams", func(t *testing.T) {
 		read := make(chan struct{})
 		up := &countingUpstream{answer: func(w http.ResponseWriter, _ *http.Request, _ []byte) {
@@ -144,7 +144,7 @@ func TestUnknownLengthAnswersByContentTypeC(t *testing.T) {
 
 // An answer of exactly inspect_limit bytes is still held and checked
 // whole; one byte more is streamed to the client unchanged.
-func TestAnswerOfExactlyInspectLimitIsCheckedC(t *testing.T) {
+func TestAnswerOfExactlyInspectLimitIsChecked(t *testing.T) {
 	var size atomic.Int64
 	up := &countingUpstream{answer: func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 		n := int(size.Load())
@@ -175,7 +175,7 @@ func TestAnswerOfExactlyInspectLimitIsCheckedC(t *testing.T) {
 // The capture buffer: an answer up to the limit is held until released;
 // a larger one reaches the client whole while the copy kept for
 // inspection stops at the limit, however the answer is split into writes.
-func TestCaptureKeepsAtMostInspectLimitC(t *testing.T) {
+func TestCaptureKeepsAtMostInspectLimit(t *testing.T) {
 	const limit = 16
 	for _, tc := range []struct {
 		name   string
@@ -230,7 +230,7 @@ func TestCaptureKeepsAtMostInspectLimitC(t *testing.T) {
 // A stream read whole that carries no answer leaves its call failed; one
 // cut at inspect_limit may have answered past the cut, so it is not
 // counted failed.
-func TestStreamWithoutAnswerAtInspectLimitC(t *testing.T) {
+func TestStreamWithoutAnswerAtInspectLimit(t *testing.T) {
 	var size atomic.Int64
 	up := &countingUpstream{answer: func(w http.ResponseWriter, _ *http.Request, _ []byte) {
 		w.Header().Set("Content-Type", "text/event-stream")

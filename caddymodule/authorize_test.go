@@ -20,7 +20,7 @@ import (
 
 // Under delegation optional, a WebSocket opens without a token, and a
 // token that is present is checked.
-func TestWebSocketUnderOptionalPolicyC(t *testing.T) {
+func TestWebSocketUnderOptionalPolicy(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo\ndelegation optional")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -43,7 +43,7 @@ func TestWebSocketUnderOptionalPolicyC(t *testing.T) {
 // A refused WebSocket handshake leaves a delegation.rejected entry that
 // names the offending token id when there is one, and no empty one when
 // there is none.
-func TestWebSocketRejectionAuditNamesJTIC(t *testing.T) {
+func TestWebSocketRejectionAuditNamesJTI(t *testing.T) {
 	s := startSidecar(t, "", requireOpts)
 	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"]}`)
 	leaf, _ := delegation.ParseLink(token)

@@ -20,7 +20,7 @@ import (
 
 // reuse.go:92. Reading a dedup marker that is there (or not) is no
 // failure: nothing is logged about it.
-func TestDedupMarkerReadLogsNothingD(t *testing.T) {
+func TestDedupMarkerReadLogsNothing(t *testing.T) {
 	s, logPath := startSidecarLogsD(t, "", "agent urn:asap:agent:demo", "")
 	for i := 0; i < 2; i++ { // unseen, then a retry of a stored call
 		if _, b := post(t, s.url+"/asap", rpc("r1", envelope(idD("MARKER", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
@@ -37,7 +37,7 @@ func TestDedupMarkerReadLogsNothingD(t *testing.T) {
 // reuse.go:41. A retry of a call in flight shares its claim: when the
 // retry is done, the claim still holds for the first, and a different
 // call under the same id is refused while the first runs.
-func TestInFlightClaimOutlivesItsRetryD(t *testing.T) {
+func TestInFlightClaimOutlivesItsRetry(t *testing.T) {
 	arrived, hold := make(chan struct{}, 1), make(chan struct{})
 	var release sync.Once
 	free := func() { release.Do(func() { close(hold) }) }
@@ -128,7 +128,7 @@ func postBodyD(t *testing.T, url, body string) []byte {
 // reuse.go:99. A marker written by the usage API holds no digest: the
 // sidecar cannot tell a retry from another call, so the call goes on
 // (and is not metered a second time).
-func TestUsageAPIMarkerIsNoReuseD(t *testing.T) {
+func TestUsageAPIMarkerIsNoReuse(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo")
 	id := idD("APIMARKER", 1)
 	ev := fmt.Sprintf(`{"task_id":"t-api","agent_id":"urn:asap:agent:demo","consumer_id":"urn:asap:agent:client","tokens_in":9,"tokens_out":0,"duration_ms":1,"api_calls":0,"timestamp":"2026-11-26T01:00:00Z","envelope_id":%q}`, id)
