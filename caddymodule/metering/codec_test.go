@@ -156,7 +156,8 @@ func TestDecodeEventRejectsCorruptValues(t *testing.T) {
 		"JSON":           []byte(`{"task_id":"t1"}`),
 		"a byte after":   append(append([]byte{}, good...), 0),
 		"overlong int":   append([]byte{eventV1}, bytes.Repeat([]byte{0xff}, 11)...),
-		"a whole ms":     binary.AppendUvarint([]byte{eventV1}, uint64(time.Millisecond)),
+		"a whole ms":     withSub(good, uint64(time.Millisecond)),
+		"two ms":         withSub(good, 2*uint64(time.Millisecond)),
 		"string too big": binary.AppendUvarint([]byte{eventV1, 0}, 1<<62),
 		"max uvarint":    binary.AppendUvarint([]byte{eventV1, 0}, 1<<64-1),
 		"word too big":   binary.AppendUvarint(append([]byte{eventV1, 0}, 0, 0, 0, 0, 0, 0), 1<<64-1),
@@ -178,6 +179,29 @@ func TestDecodeEventRejectsCorruptValues(t *testing.T) {
 	}
 	if _, err := decodeEvent(id, good); err != nil {
 		t.Fatalf("the good value: %v", err)
+	}
+}
+
+// withSub is v with the nanoseconds past the millisecond replaced.
+func withSub(v []byte, sub uint64) []byte {
+	_, n := binary.Uvarint(v[1:])
+	return append(binary.AppendUvarint([]byte{eventV1}, sub), v[1+n:]...)
+}
+
+// A word past the table is a string of its own, however short: one of
+// length 0 reads as "" (appendEvent writes "" as word 0, but a reader
+// takes both).
+func TestWordJustPastTheTable(t *testing.T) {
+	v := []byte{eventV1, 0, 1, 't', 1, 'a', 1, 'c', 0, 0, 0}
+	v = binary.AppendUvarint(v, uint64(len(words))) // status: the empty string, spelt out
+	v = append(v, 1, 0, 0, 0, 0)                    // payload type completed... then four zero counts
+	id, _ := encoded(t, codecCases()["every field"])
+	e, err := decodeEvent(id, v)
+	if err != nil || e.Status != "" || e.TaskID != "t" || e.PayloadType != "task.request" {
+		t.Fatalf("decoded %+v, %v", e, err)
+	}
+	if _, err := decodeEvent(id, withSub(v, uint64(time.Millisecond)-1)); err != nil {
+		t.Fatalf("the last nanosecond of the millisecond: %v", err)
 	}
 }
 
