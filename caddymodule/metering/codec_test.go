@@ -194,7 +194,7 @@ func withSub(v []byte, sub uint64) []byte {
 func TestWordJustPastTheTable(t *testing.T) {
 	v := []byte{eventV1, 0, 1, 't', 1, 'a', 1, 'c', 0, 0, 0}
 	v = binary.AppendUvarint(v, uint64(len(words))) // status: the empty string, spelt out
-	v = append(v, 1, 0, 0, 0, 0)                    // payload type completed... then four zero counts
+	v = append(v, 7, 0, 0, 0, 0)                    // payload type task.request, four zero counts
 	id, _ := encoded(t, codecCases()["every field"])
 	e, err := decodeEvent(id, v)
 	if err != nil || e.Status != "" || e.TaskID != "t" || e.PayloadType != "task.request" {
