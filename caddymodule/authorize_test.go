@@ -16,7 +16,7 @@ import (
 )
 
 // Tests of delegation on WebSocket handshakes, killing mutants that
-// survived the suite (gremlins, survivors list C).
+// survived the suite (found by gremlins).
 
 // Under delegation optional, a WebSocket opens without a token, and a
 // token that is present is checked.

@@ -17,7 +17,7 @@ import (
 )
 
 // Tests of the capture that holds and inspects the agent's answers, killing
-// mutants that survived the suite (gremlins, survivors list C).
+// mutants that survived the suite (found by gremlins).
 
 // Informational answers (100 Continue, 103 Early Hints) reach the client
 // when the agent sends them, not with the final answer, and the final

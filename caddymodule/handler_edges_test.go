@@ -17,11 +17,11 @@ import (
 )
 
 // Tests that kill mutants of the request path which survived the suite
-// (gremlins, survivors list C). Each goes through a real sidecar where it
+// (found by gremlins). Each goes through a real sidecar where it
 // can; pure functions are tested directly.
 
-// rpcIDc is the JSON-RPC id of a call as the agent reads it.
-func rpcIDc(body []byte) string {
+// rpcIDOf is the JSON-RPC id of a call as the agent reads it.
+func rpcIDOf(body []byte) string {
 	var c struct {
 		ID string `json:"id"`
 	}
@@ -72,6 +72,32 @@ func TestBodyOfExactlyMaxBodyIsAccepted(t *testing.T) {
 	}
 	if up.count() != 1 {
 		t.Fatal("a body over max_body reached the agent")
+	}
+}
+
+// max_body bounds the decoded body too, inclusively: a gzip body that
+// decodes to exactly max_body bytes is checked and forwarded as sent; one
+// byte more decoded is refused.
+func TestCompressedBodyDecodingToExactlyMaxBody(t *testing.T) {
+	up := &countingUpstream{answer: fixedAnswer(200, "application/json", agentAnswer)}
+	srv := httptest.NewServer(up)
+	defer srv.Close()
+	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\nmax_body 1KiB")
+	call := rpc("r1", envelope("01JEXACTGZIPBODY0000000001", "echo", `{}`))
+	exact := compress(t, "gzip", []byte(call+strings.Repeat(" ", 1024-len(call))))
+	resp, b := postEncoded(t, s.url+"/asap", "gzip", exact)
+	if resp.StatusCode != http.StatusOK || string(b) != agentAnswer {
+		t.Fatalf("gzip body decoding to exactly max_body: %d %s", resp.StatusCode, b)
+	}
+	if string(up.last()) != string(exact) || up.count() != 1 {
+		t.Fatalf("the agent got %d calls, last %d bytes; want the %d gzip bytes as sent", up.count(), len(up.last()), len(exact))
+	}
+	over := compress(t, "gzip", []byte(call+strings.Repeat(" ", 1025-len(call))))
+	if resp, b := postEncoded(t, s.url+"/asap", "gzip", over); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("gzip body decoding to one byte over max_body: %d %s", resp.StatusCode, b)
+	}
+	if up.count() != 1 {
+		t.Fatal("a body decoding past max_body reached the agent")
 	}
 }
 
@@ -173,7 +199,7 @@ func TestUnparseableAnswerByStatus(t *testing.T) {
 		return fmt.Sprintf(`{"jsonrpc":"2.0","result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":"completed"}}},"id":%q}`, id, id)
 	}
 	up := &countingUpstream{answer: func(w http.ResponseWriter, _ *http.Request, body []byte) {
-		id := rpcIDc(body) // "g<status>": garbage; "j<status>": a JSON-RPC result
+		id := rpcIDOf(body) // "g<status>": garbage; "j<status>": a JSON-RPC result
 		var status int
 		fmt.Sscan(id[1:], &status)
 		if id[0] == 'j' {

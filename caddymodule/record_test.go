@@ -26,15 +26,15 @@ import (
 // files, which share these helpers. Each goes through a real sidecar:
 // Caddy in-process, the real module, Badger on disk.
 
-// idD is a 26-character envelope id made of tag and n.
-func idD(tag string, n int) string {
+// envID is a 26-character envelope id made of tag and n.
+func envID(tag string, n int) string {
 	return fmt.Sprintf("01JD%s%0*d", tag, 22-len(tag), n)
 }
 
-// startSidecarLogsD is startSidecarWith with Caddy's log (warnings and
+// startSidecarLogs is startSidecarWith with Caddy's log (warnings and
 // up, as JSON) written to a file the test reads, instead of dropped below
 // ERROR. It returns the sidecar and the log's path.
-func startSidecarLogsD(t *testing.T, upstream, options, siteExtra string) (*sidecar, string) {
+func startSidecarLogs(t *testing.T, upstream, options, siteExtra string) (*sidecar, string) {
 	t.Helper()
 	caddyMu.Lock()
 	t.Cleanup(caddyMu.Unlock)
@@ -66,8 +66,8 @@ func startSidecarLogsD(t *testing.T, upstream, options, siteExtra string) (*side
 	return s, logPath
 }
 
-// logLinesD reads a JSON log file, one object a line.
-func logLinesD(t *testing.T, path string) []map[string]any {
+// logLines reads a JSON log file, one object a line.
+func logLines(t *testing.T, path string) []map[string]any {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
@@ -86,11 +86,11 @@ func logLinesD(t *testing.T, path string) []map[string]any {
 	return out
 }
 
-// linesWithD are the log lines whose msg is msg.
-func linesWithD(t *testing.T, path, msg string) []map[string]any {
+// linesWith are the log lines whose msg is msg.
+func linesWith(t *testing.T, path, msg string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
-	for _, l := range logLinesD(t, path) {
+	for _, l := range logLines(t, path) {
 		if l["msg"] == msg {
 			out = append(out, l)
 		}
@@ -98,11 +98,11 @@ func linesWithD(t *testing.T, path, msg string) []map[string]any {
 	return out
 }
 
-// agentD is a POST agent stand-in that answers one call at a time with
+// agentAnswering is a POST agent stand-in that answers one call at a time with
 // the JSON-RPC member (`"result":…` or `"error":…`) member gives for the
 // envelope id, echoing the call's id. Anything else (the sidecar's health
 // probes) gets an empty 200.
-func agentD(t *testing.T, member func(envID string) string) *httptest.Server {
+func agentAnswering(t *testing.T, member func(envID string) string) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -124,14 +124,14 @@ func agentD(t *testing.T, member func(envID string) string) *httptest.Server {
 	return srv
 }
 
-// resultD is a task.response result member.
-func resultD(envID, status, metrics string) string {
+// resultBody is a task.response result member.
+func resultBody(envID, status, metrics string) string {
 	return fmt.Sprintf(`"result":{"envelope":{"payload_type":"task.response","payload":{"task_id":"t-%s","status":%q,"metrics":%s}}}`,
 		envID, status, metrics)
 }
 
-// entriesForD are the audit entries of operation op, by envelope id.
-func entriesForD(t *testing.T, s *sidecar, op string) map[string]map[string]any {
+// entriesFor are the audit entries of operation op, by envelope id.
+func entriesFor(t *testing.T, s *sidecar, op string) map[string]map[string]any {
 	t.Helper()
 	out := map[string]map[string]any{}
 	for _, e := range auditEntries(t, s.adminAddr, "?limit=1000&operation="+op) {
@@ -145,9 +145,9 @@ func entriesForD(t *testing.T, s *sidecar, op string) map[string]map[string]any 
 	return out
 }
 
-// corruptAuditHeadD overwrites the audit log's head with bytes that do not
+// corruptAuditHead overwrites the audit log's head with bytes that do not
 // decode: every later append fails.
-func corruptAuditHeadD(t *testing.T) {
+func corruptAuditHead(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -166,7 +166,7 @@ func corruptAuditHeadD(t *testing.T) {
 func TestUnmeteredUnauditedCallPersistsItsSlot(t *testing.T) {
 	s := startSidecar(t, "", requireOpts+"\nmetering off\naudit off")
 	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"],"max_tasks":3}`)
-	if a := callWith(t, s.url, token, envelope(idD("SLOT", 1), "echo", `{}`)); a.Result == nil {
+	if a := callWith(t, s.url, token, envelope(envID("SLOT", 1), "echo", `{}`)); a.Result == nil {
 		t.Fatalf("task: %+v", a.Error)
 	}
 	// A ledger opened afresh reads what is on disk, as after a restart.
@@ -182,14 +182,14 @@ func TestUnmeteredUnauditedCallPersistsItsSlot(t *testing.T) {
 // record.go:87. Unusable metrics are counted as 0 with a warning (SPEC
 // §4), and usable ones without.
 func TestUnusableMetricsAreCountedAsZeroWithAWarning(t *testing.T) {
-	bad, good := idD("METRICS", 1), idD("METRICS", 2)
-	up := agentD(t, func(id string) string {
+	bad, good := envID("METRICS", 1), envID("METRICS", 2)
+	up := agentAnswering(t, func(id string) string {
 		if id == bad {
-			return resultD(id, "completed", `{"tokens_in":-3,"tokens_out":5}`)
+			return resultBody(id, "completed", `{"tokens_in":-3,"tokens_out":5}`)
 		}
-		return resultD(id, "completed", `{"tokens_in":2,"tokens_out":1}`)
+		return resultBody(id, "completed", `{"tokens_in":2,"tokens_out":1}`)
 	})
-	s, logPath := startSidecarLogsD(t, upstreamAddr(up), "agent urn:asap:agent:demo", "")
+	s, logPath := startSidecarLogs(t, upstreamAddr(up), "agent urn:asap:agent:demo", "")
 	for _, id := range []string{bad, good} {
 		if _, b := post(t, s.url+"/asap", rpc("r1", envelope(id, "echo", `{}`))); decodeAnswer(t, b).Result == nil {
 			t.Fatalf("%s: %s", id, b)
@@ -204,7 +204,7 @@ func TestUnusableMetricsAreCountedAsZeroWithAWarning(t *testing.T) {
 	}
 	// The warning is logged before the answer goes out.
 	warned := map[string][]any{}
-	for _, l := range linesWithD(t, logPath, "agent reported unusable metrics; counted as 0") {
+	for _, l := range linesWith(t, logPath, "agent reported unusable metrics; counted as 0") {
 		id, _ := l["envelope_id"].(string)
 		values, _ := l["values"].([]any)
 		warned[id] = values
@@ -220,9 +220,9 @@ func TestUnusableMetricsAreCountedAsZeroWithAWarning(t *testing.T) {
 // record.go:121. The call is recorded for the configured agent, not for
 // whatever the envelope names as recipient.
 func TestCallIsRecordedForTheConfiguredAgent(t *testing.T) {
-	up := agentD(t, func(id string) string { return resultD(id, "completed", `{"tokens_in":1}`) })
+	up := agentAnswering(t, func(id string) string { return resultBody(id, "completed", `{"tokens_in":1}`) })
 	s := startSidecar(t, upstreamAddr(up), "agent urn:asap:agent:demo")
-	id := idD("AGENTOF", 1)
+	id := envID("AGENTOF", 1)
 	env := strings.Replace(envelope(id, "echo", `{}`), `"recipient":"urn:asap:agent:demo"`, `"recipient":"urn:asap:agent:other"`, 1)
 	if !strings.Contains(env, "urn:asap:agent:other") {
 		t.Fatal("the envelope names no other recipient")
@@ -233,7 +233,7 @@ func TestCallIsRecordedForTheConfiguredAgent(t *testing.T) {
 	if e := usageEvents(t, runningDB(t))[id]; e.AgentID != "urn:asap:agent:demo" {
 		t.Fatalf("usage recorded for agent %q, want the configured urn:asap:agent:demo", e.AgentID)
 	}
-	if d := entriesForD(t, s, "task.completed")[id]; d["agent"] != "urn:asap:agent:demo" {
+	if d := entriesFor(t, s, "task.completed")[id]; d["agent"] != "urn:asap:agent:demo" {
 		t.Fatalf("task.completed names agent %v, want the configured urn:asap:agent:demo", d["agent"])
 	}
 	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 1 {
@@ -244,18 +244,18 @@ func TestCallIsRecordedForTheConfiguredAgent(t *testing.T) {
 // record.go:165. A task.failed entry carries the agent's JSON-RPC error
 // code when it answered one, and none when the task failed otherwise.
 func TestTaskFailedEntryCarriesTheErrorCode(t *testing.T) {
-	rpcErr, failed := idD("ERRCODE", 1), idD("ERRCODE", 2)
-	up := agentD(t, func(id string) string {
+	rpcErr, failed := envID("ERRCODE", 1), envID("ERRCODE", 2)
+	up := agentAnswering(t, func(id string) string {
 		if id == rpcErr {
 			return `"error":{"code":-32001,"message":"boom"}`
 		}
-		return resultD(id, "failed", `{}`)
+		return resultBody(id, "failed", `{}`)
 	})
 	s := startSidecar(t, upstreamAddr(up), "agent urn:asap:agent:demo")
 	for _, id := range []string{rpcErr, failed} {
 		post(t, s.url+"/asap", rpc("r1", envelope(id, "echo", `{}`)))
 	}
-	entries := entriesForD(t, s, "task.failed")
+	entries := entriesFor(t, s, "task.failed")
 	d, ok := entries[rpcErr]
 	if !ok {
 		t.Fatalf("no task.failed entry for the JSON-RPC error: %v", entries)
@@ -281,14 +281,14 @@ func TestUsageEntryNamesTheDelegation(t *testing.T) {
 	if rej != nil {
 		t.Fatal(rej)
 	}
-	with, without := idD("USAGEDEL", 1), idD("USAGEDEL", 2)
+	with, without := envID("USAGEDEL", 1), envID("USAGEDEL", 2)
 	if a := callWith(t, s.url, token, envelope(with, "echo", `{}`)); a.Result == nil {
 		t.Fatalf("task with a token: %+v", a.Error)
 	}
 	if a := callWith(t, s.url, "", envelope(without, "echo", `{}`)); a.Result == nil {
 		t.Fatalf("task without a token: %+v", a.Error)
 	}
-	entries := entriesForD(t, s, "usage.recorded")
+	entries := entriesFor(t, s, "usage.recorded")
 	d, ok := entries[with]
 	if !ok || d["delegation_id"] != leaf.Claims.ID || d["root_issuer"] != leaf.Claims.Issuer || leaf.Claims.Issuer == "" {
 		t.Fatalf("usage.recorded of a task under a token: %v (%v), want delegation_id %s, root_issuer %s",
@@ -310,11 +310,11 @@ func TestUsageEntryNamesTheDelegation(t *testing.T) {
 // told its record could not be stored.
 func TestAuditAppendFailureFailsTheTask(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo")
-	if _, b := post(t, s.url+"/asap", rpc("r1", envelope(idD("AUDITFAIL", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
+	if _, b := post(t, s.url+"/asap", rpc("r1", envelope(envID("AUDITFAIL", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
 		t.Fatalf("before the corruption: %s", b)
 	}
-	corruptAuditHeadD(t)
-	id := idD("AUDITFAIL", 2)
+	corruptAuditHead(t)
+	id := envID("AUDITFAIL", 2)
 	resp, b := post(t, s.url+"/asap", rpc("r1", envelope(id, "echo", `{"tokens_in":4}`)))
 	if a := decodeAnswer(t, b); resp.StatusCode != http.StatusServiceUnavailable || a.Error == nil || a.Error.Data["reason"] != "record_not_durable" {
 		t.Fatalf("task whose audit entries could not be appended: %d %s, want 503 record_not_durable", resp.StatusCode, b)

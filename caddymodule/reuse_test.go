@@ -21,15 +21,15 @@ import (
 // reuse.go:92. Reading a dedup marker that is there (or not) is no
 // failure: nothing is logged about it.
 func TestDedupMarkerReadLogsNothing(t *testing.T) {
-	s, logPath := startSidecarLogsD(t, "", "agent urn:asap:agent:demo", "")
+	s, logPath := startSidecarLogs(t, "", "agent urn:asap:agent:demo", "")
 	for i := 0; i < 2; i++ { // unseen, then a retry of a stored call
-		if _, b := post(t, s.url+"/asap", rpc("r1", envelope(idD("MARKER", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
+		if _, b := post(t, s.url+"/asap", rpc("r1", envelope(envID("MARKER", 1), "echo", `{}`))); decodeAnswer(t, b).Result == nil {
 			t.Fatalf("attempt %d: %s", i, b)
 		}
 	}
 	// The marker is read before the call is forwarded, so any warning
 	// about it is in the log by now.
-	if l := linesWithD(t, logPath, "reading a dedup marker; the call goes on"); len(l) != 0 {
+	if l := linesWith(t, logPath, "reading a dedup marker; the call goes on"); len(l) != 0 {
 		t.Fatalf("warnings about reading dedup markers that read fine: %v", l)
 	}
 }
@@ -70,13 +70,13 @@ func TestInFlightClaimOutlivesItsRetry(t *testing.T) {
 		}
 		json.Unmarshal(body, &c)
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"jsonrpc":"2.0",%s,"id":%s}`, resultD("x", "completed", `{"tokens_in":1}`), c.ID)
+		fmt.Fprintf(w, `{"jsonrpc":"2.0",%s,"id":%s}`, resultBody("x", "completed", `{"tokens_in":1}`), c.ID)
 	}))
 	t.Cleanup(up.Close)
 	t.Cleanup(free) // before up.Close, which waits for the held call
 	s := startSidecar(t, upstreamAddr(up), "agent urn:asap:agent:demo")
 
-	id := idD("INFLIGHT", 1)
+	id := envID("INFLIGHT", 1)
 	first := envelope(id, "echo", `{"n":1}`)
 	firstDone := make(chan []byte, 1)
 	go func() {
@@ -95,12 +95,12 @@ func TestInFlightClaimOutlivesItsRetry(t *testing.T) {
 		t.Fatal("the first call did not reach the agent within 10s")
 	}
 	// The retry (same envelope) shares the claim, and the agent drops it.
-	if a := decodeAnswer(t, postBodyD(t, s.url+"/asap", rpc("drop", first))); a.Error == nil || a.Error.Code != protocol.CodeConnectionError {
+	if a := decodeAnswer(t, postBody(t, s.url+"/asap", rpc("drop", first))); a.Error == nil || a.Error.Code != protocol.CodeConnectionError {
 		t.Fatalf("retry the agent dropped: %+v", a)
 	}
 	// The first call still runs: a different call under its id is reuse.
 	other := envelope(id, "echo", `{"n":2}`)
-	wantRejected(t, decodeAnswer(t, postBodyD(t, s.url+"/asap", rpc("other", other))), protocol.CodeInvalidRequest, "envelope_id_reused")
+	wantRejected(t, decodeAnswer(t, postBody(t, s.url+"/asap", rpc("other", other))), protocol.CodeInvalidRequest, "envelope_id_reused")
 	mu.Lock()
 	n := len(others)
 	mu.Unlock()
@@ -118,8 +118,8 @@ func TestInFlightClaimOutlivesItsRetry(t *testing.T) {
 	}
 }
 
-// postBodyD is post's body.
-func postBodyD(t *testing.T, url, body string) []byte {
+// postBody is post's body.
+func postBody(t *testing.T, url, body string) []byte {
 	t.Helper()
 	_, b := post(t, url, body)
 	return b
@@ -130,12 +130,12 @@ func postBodyD(t *testing.T, url, body string) []byte {
 // (and is not metered a second time).
 func TestUsageAPIMarkerIsNoReuse(t *testing.T) {
 	s := startSidecar(t, "", "agent urn:asap:agent:demo")
-	id := idD("APIMARKER", 1)
+	id := envID("APIMARKER", 1)
 	ev := fmt.Sprintf(`{"task_id":"t-api","agent_id":"urn:asap:agent:demo","consumer_id":"urn:asap:agent:client","tokens_in":9,"tokens_out":0,"duration_ms":1,"api_calls":0,"timestamp":"2026-11-26T01:00:00Z","envelope_id":%q}`, id)
 	if resp, b := post(t, "http://"+s.adminAddr+"/asap/usage", ev); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("reporting usage: %d %s", resp.StatusCode, b)
 	}
-	if a := decodeAnswer(t, postBodyD(t, s.url+"/asap", rpc("r1", envelope(id, "echo", `{}`)))); a.Result == nil {
+	if a := decodeAnswer(t, postBody(t, s.url+"/asap", rpc("r1", envelope(id, "echo", `{}`)))); a.Result == nil {
 		t.Fatalf("call under an id the usage API recorded: %+v, want it forwarded", a.Error)
 	}
 	if e := usageEvents(t, runningDB(t))[id]; e.TaskID != "t-api" || e.TokensIn != 9 {

@@ -69,7 +69,7 @@ func TestWebSocketSubprotocolReachesTheClient(t *testing.T) {
 	if p := conn.Subprotocol(); p != "asap.v1" {
 		t.Fatalf("subprotocol %q, want the agent's asap.v1", p)
 	}
-	if msg := exchange(t, conn, rpc("r1", envelope(idD("SUBPROTO", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := exchange(t, conn, rpc("r1", envelope(envID("SUBPROTO", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer %s", msg)
 	}
 }
@@ -87,7 +87,7 @@ func TestWebSocketClientLeavingClosesTheAgent(t *testing.T) {
 	t.Cleanup(srv.Close)
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
 	conn := dialWS(t, s, "")
-	if msg := exchange(t, conn, rpc("r1", envelope(idD("DRAIN", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := exchange(t, conn, rpc("r1", envelope(envID("DRAIN", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer %s", msg)
 	}
 	if err := conn.Close(websocket.StatusNormalClosure, ""); err != nil {
@@ -112,12 +112,12 @@ func TestWebSocketUnansweredCallsRecordedQuietly(t *testing.T) {
 	srv := httptest.NewServer(agent)
 	t.Cleanup(srv.Close)
 	accessPath := filepath.Join(t.TempDir(), "access.log")
-	s, logPath := startSidecarLogsD(t, upstreamAddr(srv), "agent urn:asap:agent:demo",
+	s, logPath := startSidecarLogs(t, upstreamAddr(srv), "agent urn:asap:agent:demo",
 		fmt.Sprintf("log {\n\t\toutput file %s\n\t\tformat json\n\t}", accessPath))
 	conn := dialWS(t, s, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := conn.Write(ctx, websocket.MessageText, []byte(rpc("r1", envelope(idD("UNANSWERED", 1), "echo", `{}`)))); err != nil {
+	if err := conn.Write(ctx, websocket.MessageText, []byte(rpc("r1", envelope(envID("UNANSWERED", 1), "echo", `{}`)))); err != nil {
 		t.Fatal(err)
 	}
 	// The agent closes without answering; the sidecar closes the client.
@@ -126,11 +126,11 @@ func TestWebSocketUnansweredCallsRecordedQuietly(t *testing.T) {
 	}
 	// Caddy writes the access log entry once the handler returned, after
 	// the pending call was recorded.
-	waitFor(t, func() bool { return len(linesWithD(t, accessPath, "handled request")) > 0 })
+	waitFor(t, func() bool { return len(linesWith(t, accessPath, "handled request")) > 0 })
 	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 1 || c.Failed != 1 {
 		t.Fatalf("counts = %+v, want the unanswered call recorded as failed", c)
 	}
-	if l := linesWithD(t, logPath, "records of unanswered WebSocket calls not stored"); len(l) != 0 {
+	if l := linesWith(t, logPath, "records of unanswered WebSocket calls not stored"); len(l) != 0 {
 		t.Fatalf("an error logged for records that were stored: %v", l)
 	}
 }
@@ -145,11 +145,11 @@ func TestWebSocketAnswerWaitsForItsRecord(t *testing.T) {
 	t.Cleanup(srv.Close)
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\ndurability strict")
 	conn := dialWS(t, s, "")
-	if msg := exchange(t, conn, rpc("r1", envelope(idD("WSSTRICT", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := exchange(t, conn, rpc("r1", envelope(envID("WSSTRICT", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer before the corruption: %s", msg)
 	}
-	corruptAuditHeadD(t)
-	id := idD("WSSTRICT", 2)
+	corruptAuditHead(t)
+	id := envID("WSSTRICT", 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := conn.Write(ctx, websocket.MessageText, []byte(rpc("r2", envelope(id, "echo", `{}`)))); err != nil {
