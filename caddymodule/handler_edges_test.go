@@ -9,11 +9,8 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // Tests that kill mutants of the request path which survived the suite
@@ -111,31 +108,8 @@ func TestNothingToRecordDoesNotWaitForStorage(t *testing.T) {
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\nmetering off\naudit off\ndurability strict")
 	db := runningDB(t)
 
-	inPipeline, release := make(chan struct{}), make(chan struct{})
-	var once, releaseOnce sync.Once
-	let := func() { releaseOnce.Do(func() { close(release) }) }
-	defer let()
-	held := db.Submit(storage.Strict, func(tx *storage.Tx) error {
-		once.Do(func() { close(inPipeline) })
-		<-release
-		return nil
-	})
-	select {
-	case <-inPipeline:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the blocking write never reached the pipeline")
-	}
-	answered := make(chan []byte, 1)
-	go func() {
-		resp, err := client.Post(s.url+"/asap", "application/json", strings.NewReader(rpc("r1", envelope("01JNOTHINGTORECORD00000001", "echo", `{}`))))
-		if err != nil {
-			answered <- []byte(err.Error())
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		answered <- b
-	}()
+	held, release := holdPipeline(t, db)
+	answered := postAsync(s.url+"/asap", rpc("r1", envelope("01JNOTHINGTORECORD00000001", "echo", `{}`)))
 	select {
 	case b := <-answered:
 		if string(b) != agentAnswer {
@@ -144,7 +118,7 @@ func TestNothingToRecordDoesNotWaitForStorage(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("with nothing to record, the answer waited on the storage pipeline")
 	}
-	let()
+	release()
 	if err := held.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}

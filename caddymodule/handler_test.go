@@ -70,40 +70,18 @@ func TestStrictAnswerWaitsForItsRecords(t *testing.T) {
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
 	db := runningDB(t)
 
-	inPipeline, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	held := db.Submit(storage.Strict, func(tx *storage.Tx) error {
-		once.Do(func() { close(inPipeline) })
-		<-release
-		return nil
-	})
-	select {
-	case <-inPipeline:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the blocking write never reached the pipeline")
-	}
-	answered := make(chan []byte, 1)
-	go func() {
-		resp, err := http.Post(s.url+"/asap", "application/json", strings.NewReader(rpc("r1", envelope("01JREQHELD000000000000001", "echo", `{}`))))
-		if err != nil {
-			answered <- []byte(err.Error())
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		answered <- b
-	}()
+	held, release := holdPipeline(t, db)
+	answered := postAsync(s.url+"/asap", rpc("r1", envelope("01JREQHELD000000000000001", "echo", `{}`)))
 	waitFor(t, func() bool { return up.count() == 1 })
 	// The agent has answered; the client must not see it while the
 	// pipeline is held. A window is the only way to show an absence; a
 	// sidecar that answers first fails here at once.
 	select {
 	case b := <-answered:
-		close(release)
 		t.Fatalf("answered before its records could be stored: %s", b)
 	case <-time.After(300 * time.Millisecond):
 	}
-	close(release)
+	release()
 	if err := held.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +96,45 @@ func TestStrictAnswerWaitsForItsRecords(t *testing.T) {
 	if _, ok := usageEvents(t, db)["01JREQHELD000000000000001"]; !ok {
 		t.Fatal("answered, but its usage event is not stored")
 	}
+}
+
+// holdPipeline blocks db's commit pipeline with one strict write until
+// release (which the test's cleanup calls too), and returns once the
+// write is in the pipeline.
+func holdPipeline(t *testing.T, db *storage.DB) (held *storage.Pending, release func()) {
+	t.Helper()
+	inPipeline, let := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	held = db.Submit(storage.Strict, func(tx *storage.Tx) error {
+		once.Do(func() { close(inPipeline) })
+		<-let
+		return nil
+	})
+	release = sync.OnceFunc(func() { close(let) })
+	t.Cleanup(release)
+	select {
+	case <-inPipeline:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking write never reached the pipeline")
+	}
+	return held, release
+}
+
+// postAsync POSTs body to url on its own goroutine and delivers the answer
+// body (or the error's text).
+func postAsync(url, body string) <-chan []byte {
+	answered := make(chan []byte, 1)
+	go func() {
+		resp, err := client.Post(url, "application/json", strings.NewReader(body))
+		if err != nil {
+			answered <- []byte(err.Error())
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		answered <- b
+	}()
+	return answered
 }
 
 func TestDemoAgentThroughSidecar(t *testing.T) {
