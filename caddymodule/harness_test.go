@@ -52,6 +52,9 @@ type sidecar struct {
 	options   string
 	// siteExtra is more directives for the sidecar's site block.
 	siteExtra string
+	// logFile, when set, receives Caddy's log (warnings and up, as
+	// JSON) instead of dropping everything below ERROR.
+	logFile string
 }
 
 // startSidecar runs a config whose asap block holds options (one per
@@ -64,6 +67,14 @@ func startSidecar(t testing.TB, upstream, options string) *sidecar {
 // startSidecarWith is startSidecar with more directives in the site.
 func startSidecarWith(t testing.TB, upstream, options, siteExtra string) *sidecar {
 	t.Helper()
+	s := newSidecar(t, upstream, options, siteExtra)
+	s.start()
+	return s
+}
+
+// newSidecar takes the Caddy lock and picks the ports; start runs it.
+func newSidecar(t testing.TB, upstream, options, siteExtra string) *sidecar {
+	t.Helper()
 	caddyMu.Lock()
 	t.Cleanup(caddyMu.Unlock)
 	s := &sidecar{t: t, dir: t.TempDir(), upstream: upstream, options: options, siteExtra: siteExtra}
@@ -71,13 +82,17 @@ func startSidecarWith(t testing.TB, upstream, options, siteExtra string) *sideca
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", s.ports[0])
 	s.agentURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
 	s.adminAddr = fmt.Sprintf("127.0.0.1:%d", s.ports[2])
-	s.load(options)
-	t.Cleanup(func() {
+	return s
+}
+
+func (s *sidecar) start() {
+	s.t.Helper()
+	s.load(s.options)
+	s.t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping caddy: %v", err)
+			s.t.Errorf("stopping caddy: %v", err)
 		}
 	})
-	return s
 }
 
 // caddyfile is the config under test. Tests that are not about
@@ -90,10 +105,14 @@ func (s *sidecar) caddyfile(options string) string {
 	if up == "" {
 		up = fmt.Sprintf("127.0.0.1:%d", s.ports[1])
 	}
+	logBlock := "level ERROR"
+	if s.logFile != "" {
+		logBlock = "output file " + s.logFile + "\n\t\tformat json\n\t\tlevel WARN"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	log {
-		level ERROR
+		%s
 	}
 }
 :%d {
@@ -109,7 +128,7 @@ func (s *sidecar) caddyfile(options string) string {
 	bind 127.0.0.1
 	asap_demo_agent
 }
-`, s.adminAddr, s.ports[0], s.dir, strings.ReplaceAll(options, "\n", "\n\t\t"), s.siteExtra, up, s.ports[1])
+`, s.adminAddr, logBlock, s.ports[0], s.dir, strings.ReplaceAll(options, "\n", "\n\t\t"), s.siteExtra, up, s.ports[1])
 }
 
 // load (re)loads the config with new asap options, as POST /load does.

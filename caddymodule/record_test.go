@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -36,34 +34,10 @@ func envID(tag string, n int) string {
 // ERROR. It returns the sidecar and the log's path.
 func startSidecarLogs(t *testing.T, upstream, options, siteExtra string) (*sidecar, string) {
 	t.Helper()
-	caddyMu.Lock()
-	t.Cleanup(caddyMu.Unlock)
-	s := &sidecar{t: t, dir: t.TempDir(), upstream: upstream, options: options, siteExtra: siteExtra}
-	s.ports = [3]int{freePort(t), freePort(t), freePort(t)}
-	s.url = fmt.Sprintf("http://127.0.0.1:%d", s.ports[0])
-	s.agentURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
-	s.adminAddr = fmt.Sprintf("127.0.0.1:%d", s.ports[2])
-	logPath := filepath.Join(t.TempDir(), "caddy.log")
-	quiet := "\tlog {\n\t\tlevel ERROR\n\t}"
-	cf := s.caddyfile(options)
-	if !strings.Contains(cf, quiet) {
-		t.Fatalf("the harness's Caddyfile has no quiet log block to replace:\n%s", cf)
-	}
-	cf = strings.Replace(cf, quiet, fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel WARN\n\t}", logPath), 1)
-	cfg, _, err := caddyconfigAdapt(cf)
-	if err != nil {
-		t.Fatalf("adapting Caddyfile: %v", err)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	client.CloseIdleConnections()
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping caddy: %v", err)
-		}
-	})
-	return s, logPath
+	s := newSidecar(t, upstream, options, siteExtra)
+	s.logFile = filepath.Join(t.TempDir(), "caddy.log")
+	s.start()
+	return s, s.logFile
 }
 
 // logLines reads a JSON log file, one object a line.
