@@ -51,9 +51,10 @@ type DB struct {
 	// dirty is set when relaxed writes were committed but not yet synced.
 	dirtyMu sync.Mutex
 	dirty   bool
-	// syncFn makes everything committed so far durable: Badger's Sync,
-	// unless a test in this package replaced it (see deps).
+	// syncFn makes everything committed so far durable: the log syncer's
+	// Sync, unless a test in this package replaced it (see deps).
 	syncFn func() error
+	logs   *logSyncer
 	// flushTicker starts the flush loop's ticker.
 	flushTicker func(time.Duration) (<-chan time.Time, func())
 }
@@ -62,9 +63,10 @@ type DB struct {
 // clock of the flush loop. Open uses the real ones; tests in this package
 // pass fakes to open so that durability is proven, not assumed.
 type deps struct {
-	// sync replaces Badger's Sync; it gets the Badger handle so that a
-	// fake can observe what is committed or call the real Sync.
-	sync func(bdb *badger.DB) error
+	// sync replaces the pipeline's fsync; it gets the real one and the
+	// Badger handle, so that a fake can observe what is committed and
+	// then call the real sync.
+	sync func(real func() error, bdb *badger.DB) error
 	// flushTicker returns the channel the flush loop wakes up on, for a
 	// period of FlushInterval, and a function that stops it.
 	flushTicker func(period time.Duration) (<-chan time.Time, func())
@@ -141,11 +143,12 @@ func open(opts Options, d deps) (*DB, error) {
 		syncQ:  make(chan []*pending, 1024),
 		stop:   make(chan struct{}),
 
-		syncFn:      bdb.Sync,
+		logs:        newLogSyncer(opts.Dir),
 		flushTicker: realTicker,
 	}
+	db.syncFn = db.logs.Sync
 	if d.sync != nil {
-		db.syncFn = func() error { return d.sync(bdb) }
+		db.syncFn = func() error { return d.sync(db.logs.Sync, bdb) }
 	}
 	if d.flushTicker != nil {
 		db.flushTicker = d.flushTicker
@@ -173,6 +176,7 @@ func (db *DB) Close() error {
 	db.closeMu.Unlock()
 	db.done.Wait()
 	syncErr := db.syncFn()
+	db.logs.Close()
 	closeErr := db.bdb.Close()
 	return errors.Join(syncErr, closeErr)
 }

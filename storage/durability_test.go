@@ -57,7 +57,7 @@ func newFakeDisk(gated bool) *fakeDisk {
 	return d
 }
 
-func (d *fakeDisk) sync(bdb *badger.DB) error {
+func (d *fakeDisk) sync(real func() error, bdb *badger.DB) error {
 	committed := map[string]bool{}
 	if err := bdb.View(func(txn *badger.Txn) error {
 		return scan(txn, probePrefix, nil, false, func(k, _ []byte) (bool, error) {
@@ -86,7 +86,7 @@ func (d *fakeDisk) sync(bdb *badger.DB) error {
 	if err != nil {
 		return err
 	}
-	if err := bdb.Sync(); err != nil {
+	if err := real(); err != nil {
 		return err
 	}
 	d.mu.Lock()
