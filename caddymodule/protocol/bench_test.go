@@ -16,3 +16,25 @@ func BenchmarkParseRequest(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkParseResponse reads a task answer as the demo agent sends it,
+// with the scanner (the production path) and with encoding/json (the
+// fallback), in the same run.
+//
+//	go test -run '^$' -bench ParseResponse ./caddymodule/protocol
+func BenchmarkParseResponse(b *testing.B) {
+	body := []byte(`{"jsonrpc":"2.0","result":{"envelope":{"id":"01JD0000000000000000000000","asap_version":"2.2","sender":"urn:asap:agent:demo","recipient":"urn:asap:agent:client","payload_type":"task.response","payload":{"task_id":"task_01JD0000000000000000000000","status":"completed","result":{"text":"hello"},"metrics":{"tokens_in":3,"tokens_out":5,"api_calls":1}},"correlation_id":"01JD0000000000000000000000","timestamp":"2026-12-03T10:00:00.000000Z"}},"id":"b"}`)
+	for _, p := range []struct {
+		name  string
+		parse func([]byte) ([]Reply, error)
+	}{{"scan", ParseResponse}, {"encoding-json", decodeResponse}} {
+		b.Run(p.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if rs, err := p.parse(body); err != nil || rs[0].TaskID == "" {
+					b.Fatal(rs, err)
+				}
+			}
+		})
+	}
+}

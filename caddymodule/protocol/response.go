@@ -42,6 +42,9 @@ type wireResponse struct {
 	Error *struct {
 		Code json.RawMessage `json:"code"`
 	} `json:"error"`
+	// scanned: the answer was validated by scanResponse, so its envelope
+	// need not be checked again before scanning.
+	scanned bool
 }
 
 type wireReplyEnvelope struct {
@@ -63,6 +66,16 @@ var ErrNotJSONRPC = errors.New("agent answer is not a JSON-RPC response")
 // the wrong type are treated as absent.
 func ParseResponse(body []byte) ([]Reply, error) {
 	body = bytes.TrimSpace(body)
+	if replies, err, ok := scanResponse(body); ok {
+		return replies, err
+	}
+	return decodeResponse(body)
+}
+
+// decodeResponse is ParseResponse with encoding/json: the answers the
+// scanner leaves (invalid UTF-8, deep nesting) and the reference it is
+// fuzzed against.
+func decodeResponse(body []byte) ([]Reply, error) {
 	switch kind(body) {
 	case '{':
 		var w wireResponse
@@ -102,15 +115,20 @@ func (w *wireResponse) reply() (Reply, bool) {
 		r.ErrorCode = code
 		return r, true
 	case w.Result != nil:
-		readEnvelope(w.Result.Envelope, &r)
+		readEnvelope(w.Result.Envelope, &r, w.scanned)
 		return r, true
 	}
 	return r, false
 }
 
-func readEnvelope(raw json.RawMessage, r *Reply) {
+func readEnvelope(raw json.RawMessage, r *Reply, validated bool) {
 	var env wireReplyEnvelope
-	if kind(raw) != '{' || json.Unmarshal(raw, &env) != nil {
+	if kind(raw) != '{' {
+		return
+	}
+	if scanned, ok := scanEnvelope(raw, validated); ok {
+		env = scanned
+	} else if json.Unmarshal(raw, &env) != nil {
 		return
 	}
 	r.PayloadType = NormalizeType(str(env.PayloadType))
@@ -143,7 +161,7 @@ func ParseSSE(body []byte) []Reply {
 			continue
 		}
 		var r Reply
-		readEnvelope(data, &r)
+		readEnvelope(data, &r, false)
 		if r.PayloadType != "" {
 			out = append(out, r)
 		}
@@ -152,9 +170,6 @@ func ParseSSE(body []byte) []Reply {
 }
 
 func str(raw json.RawMessage) string {
-	var s string
-	if kind(raw) == '"' && json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	return ""
+	s, _ := decodeString(bytes.TrimLeft(raw, " \t\r\n"))
+	return s
 }
