@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,15 @@ func detail(t testing.TB, e audit.Entry) map[string]any {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func keysOf(d map[string]any) string {
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, " ")
 }
 
 func TestEveryEventLeavesAuditEntries(t *testing.T) {
@@ -103,6 +113,27 @@ func TestEveryEventLeavesAuditEntries(t *testing.T) {
 	d := detail(t, completed[0])
 	if d["envelope_id"] != "01JAUDIT000000000000000001" || d["delegation_id"] != leaf.Claims.ID || d["consumer"] != "urn:asap:agent:client" {
 		t.Fatalf("task.completed details %v", d)
+	}
+	// Each task entry carries exactly its documented details (SPEC §6).
+	common := "agent consumer delegation_id envelope_id payload_type root_issuer task_id"
+	for i, want := range []string{
+		common + " started_at",                     // task.started
+		common + " duration_ms http_status status", // task.completed
+		"agent api_calls consumer delegation_id duration_ms envelope_id root_issuer task_id tokens_in tokens_out", // usage.recorded
+		common + " started_at",                     // task.started
+		common + " duration_ms http_status status", // task.failed
+	} {
+		w := strings.Fields(want)
+		sort.Strings(w)
+		if got, want := keysOf(detail(t, all[1+i])), strings.Join(w, " "); got != want {
+			t.Fatalf("%s details have %q, want %q", all[1+i].Operation, got, want)
+		}
+	}
+	if f := detail(t, all[5]); f["status"] != "failed" || f["http_status"] != 200.0 || f["agent"] != "urn:asap:agent:demo" || f["payload_type"] != "task.request" {
+		t.Fatalf("task.failed details %v", f)
+	}
+	if st := detail(t, all[1])["started_at"].(string); len(st) != len(audit.TimeFormat) {
+		t.Fatalf("started_at %q is not in the entry time format", st)
 	}
 	taskID := d["task_id"].(string)
 	byTask := auditEntries(t, s.adminAddr, "?task_id="+taskID)

@@ -138,64 +138,44 @@ func callFailed(req *protocol.Request, c *protocol.Call, out outcome) bool {
 // reference; the protected agent is in the details.
 func (h *Handler) taskTrail(env *protocol.Envelope, g grant, rec callRecord, out outcome, rep protocol.Reply,
 	taskID, status string, started time.Time, elapsed time.Duration) []audit.Record {
-	base := map[string]any{
-		"task_id":      taskID,
-		"envelope_id":  env.ID,
-		"agent":        rec.agent,
-		"consumer":     env.Sender,
-		"payload_type": env.Type().String(),
-	}
+	base := make(audit.Fields, 0, 12).
+		Str("task_id", taskID).
+		Str("envelope_id", env.ID).
+		Str("agent", rec.agent).
+		Str("consumer", env.Sender).
+		Str("payload_type", env.Type().String())
 	if g.chain != nil {
-		base["delegation_id"] = g.chain.Leaf().Claims.ID
-		base["root_issuer"] = g.chain.Root().Claims.Issuer
+		base = base.Str("delegation_id", g.chain.Leaf().Claims.ID).Str("root_issuer", g.chain.Root().Claims.Issuer)
 	}
-	startedDetails := clone(base)
-	startedDetails["started_at"] = started.UTC().Format(audit.TimeFormat)
-	finished := clone(base)
-	finished["status"] = status
-	finished["http_status"] = out.httpCode
-	finished["duration_ms"] = elapsed.Milliseconds()
+	startedFields := base.Str("started_at", started.UTC().Format(audit.TimeFormat))
+	finished := append(make(audit.Fields, 0, 12), base...).
+		Str("status", status).
+		Int("http_status", int64(out.httpCode)).
+		Int("duration_ms", elapsed.Milliseconds())
 	op := audit.OpTaskCompleted
 	if rec.failed {
 		op = audit.OpTaskFailed
 		if out.noAnswer {
-			finished["http_status"] = out.status
-			finished["reason"] = "agent did not answer"
+			finished = finished.Int("http_status", int64(out.status)).Str("reason", "agent did not answer")
 		}
 		if rep.ErrorCode != 0 {
-			finished["error_code"] = rep.ErrorCode
+			finished = finished.Int("error_code", int64(rep.ErrorCode))
 		}
 	}
-	trail := []audit.Record{
-		{Operation: audit.OpTaskStarted, AgentURN: env.Sender, Details: startedDetails},
-		{Operation: op, AgentURN: env.Sender, Details: finished},
+	return []audit.Record{
+		startedFields.Record(audit.OpTaskStarted, env.Sender),
+		finished.Record(op, env.Sender),
 	}
-	for i := range trail {
-		_ = trail[i].Prepare() // maps of strings and numbers always marshal
-	}
-	return trail
 }
 
 func usageRecord(e *metering.Event) audit.Record {
-	d := map[string]any{
-		"envelope_id": e.EnvelopeID, "task_id": e.TaskID, "agent": e.AgentID, "consumer": e.ConsumerID,
-		"tokens_in": e.TokensIn, "tokens_out": e.TokensOut, "api_calls": e.APICalls, "duration_ms": e.DurationMS,
-	}
+	d := make(audit.Fields, 0, 10).
+		Str("envelope_id", e.EnvelopeID).Str("task_id", e.TaskID).Str("agent", e.AgentID).Str("consumer", e.ConsumerID).
+		Int("tokens_in", e.TokensIn).Int("tokens_out", e.TokensOut).Int("api_calls", e.APICalls).Int("duration_ms", e.DurationMS)
 	if e.DelegationID != "" {
-		d["delegation_id"] = e.DelegationID
-		d["root_issuer"] = e.RootIssuer
+		d = d.Str("delegation_id", e.DelegationID).Str("root_issuer", e.RootIssuer)
 	}
-	r := audit.Record{Operation: audit.OpUsageRecorded, AgentURN: e.ConsumerID, Details: d}
-	_ = r.Prepare()
-	return r
-}
-
-func clone(m map[string]any) map[string]any {
-	c := make(map[string]any, len(m)+4)
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
+	return d.Record(audit.OpUsageRecorded, e.ConsumerID)
 }
 
 // persist hands the records to the commit pipeline: delegation counts,

@@ -52,6 +52,16 @@ type Record struct {
 	Details   map[string]any
 
 	canonical []byte // Details in RFC 8785 form, once prepared
+	task      string // the task_id of records built from Fields
+}
+
+// taskID is the task the record is indexed under ("" for none).
+func (r *Record) taskID() string {
+	if r.task != "" {
+		return r.task
+	}
+	t, _ := r.Details["task_id"].(string)
+	return t
 }
 
 // Prepare computes the record's canonical details ahead of Append, so the

@@ -201,7 +201,7 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 			}
 		}
 		index(byAgent, recs[i].AgentURN)
-		if task, ok := recs[i].Details["task_id"].(string); ok && task != "" {
+		if task := recs[i].taskID(); task != "" {
 			index(byTask, task)
 		}
 	}
