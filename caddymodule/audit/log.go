@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -35,6 +36,10 @@ type Log struct {
 	// chainOnly skips the Merkle tree; only the benchmark that measures
 	// the tree's cost sets it.
 	chainOnly bool
+	// salt is the id salt once read from committed data: it never
+	// changes after the first append, and reading it cost a lookup
+	// through every level of the tree per append.
+	salt atomic.Pointer[[]byte]
 }
 
 // New returns the log kept in db.
@@ -150,7 +155,7 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	if err != nil || len(prev) != wantLen {
 		return nil, errors.New("audit: head is corrupt: its last hash is not a hash")
 	}
-	salt, err := readSalt(tx.Get)
+	salt, err := l.idSalt(tx)
 	if errors.Is(err, storage.ErrNotFound) && h.Size == 0 {
 		// The log's first append draws the salt of its ids.
 		salt = make([]byte, saltSize)
@@ -216,6 +221,25 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	h.Range = rng.Hashes()
 	tx.Set(headKey, h.encode())
 	return out, nil
+}
+
+// idSalt is the log's id salt: cached once committed, else as tx sees it.
+// Only a committed salt is cached: one staged in tx (or by an earlier
+// writer of its group) is lost if the group fails to commit.
+func (l *Log) idSalt(tx *storage.Tx) ([]byte, error) {
+	if s := l.salt.Load(); s != nil {
+		return *s, nil
+	}
+	var committed []byte
+	if err := l.db.View(func(r *storage.Reader) error {
+		var err error
+		committed, err = readSalt(r.Get)
+		return err
+	}); err == nil {
+		l.salt.Store(&committed)
+		return committed, nil
+	}
+	return readSalt(tx.Get)
 }
 
 // Size is the number of entries and the current root hash.

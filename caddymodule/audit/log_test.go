@@ -1302,3 +1302,40 @@ func TestCheckpointOfAnUnchangedLogWritesNothing(t *testing.T) {
 		t.Fatalf("checkpoint of an unchanged log differs:\n%s\nvs\n%s", again, first)
 	}
 }
+
+// The id salt drawn by a first append whose write fails is never stored,
+// so it must not be kept either: the next append draws the salt that is
+// stored, and every id reads back.
+func TestSaltOfAFailedFirstAppendIsNotKept(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	l := New(db)
+	failed := errors.New("the rest of the write failed")
+	err := db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error {
+		if _, err := l.Append(tx, t0, Record{Operation: OpTaskStarted, AgentURN: "urn:asap:agent:a"}); err != nil {
+			return err
+		}
+		return failed
+	})
+	if !errors.Is(err, failed) {
+		t.Fatalf("write: %v", err)
+	}
+	es, err := commitAppend(t, db, l, t0, Record{Operation: OpTaskStarted, AgentURN: "urn:asap:agent:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fresh log reads the salt from disk only.
+	for _, lg := range []*Log{l, New(db)} {
+		got, err := lg.Get(es[0].ID)
+		if err != nil || got == nil || got.Hash != es[0].Hash {
+			t.Fatalf("entry %s does not read back: %+v %v", es[0].ID, got, err)
+		}
+	}
+	// Once committed, the salt is kept and later ids agree with it.
+	es2, err := commitAppend(t, db, l, t0, Record{Operation: OpTaskCompleted, AgentURN: "urn:asap:agent:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := New(db).Get(es2[0].ID); err != nil || got == nil || got.Seq != 1 {
+		t.Fatalf("second entry %s: %+v %v", es2[0].ID, got, err)
+	}
+}
