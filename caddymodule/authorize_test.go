@@ -30,7 +30,7 @@ func TestWebSocketUnderOptionalPolicy(t *testing.T) {
 		t.Fatalf("WebSocket without a token under optional: %v %v", resp, err)
 	}
 	defer conn.CloseNow()
-	if msg := exchange(t, conn, rpc("w", envelope("01JWSOPTIONAL0000000000001", "echo", `{}`))); decodeAnswer(t, msg).Result == nil {
+	if msg := roundTripFrame(t, conn, rpc("w", envelope("01JWSOPTIONAL0000000000001", "echo", `{}`))); decodeAnswer(t, msg).Result == nil {
 		t.Fatalf("echo over an undelegated WebSocket under optional: %s", msg)
 	}
 	conn.Close(websocket.StatusNormalClosure, "")

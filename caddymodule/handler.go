@@ -103,7 +103,9 @@ func (h *Handler) Validate() error { return h.Options.Validate() }
 // startup before it is answered 503.
 const storeWait = 10 * time.Second
 
-// ServeHTTP implements caddyhttp.MiddlewareHandler.
+// ServeHTTP implements caddyhttp.MiddlewareHandler. A checked request
+// goes parse → authorize → forward → record → respond; WebSocket frames
+// take the same steps in wsproxy.go.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.capture(next, r)
 	switch classify(r) {
@@ -121,12 +123,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",
 			fmt.Sprintf("%s is not served on %s; send JSON-RPC with POST (or open a WebSocket with GET /asap/ws)", truncateASCII(r.Method, 16), r.URL.Path)).JSON())
 	}
+
+	sent, req, rejection := h.parse(w, r)
+	if rejection != nil {
+		return rejection()
+	}
+	db, err := h.store.Wait(r.Context(), storeWait)
+	if err != nil {
+		h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
+		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
+			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
+	}
+
+	x := &exchange{req: req}
+	x.grants, x.ids = h.admit(r, db, req)
+	defer x.release(h)
+	if !req.Forwardable() {
+		return h.reject(w, http.StatusOK, localAnswer(req))
+	}
+
+	// A task the agent runs is usage whether or not its client waits for
+	// the answer: a client hanging up must not turn an executed task into
+	// an unmetered failure, so the call to the agent outlives the client
+	// (for at most detachedLimit), and so does its record.
+	ctx, cancel := detach(r.Context(), detachedLimit)
+	defer cancel()
+	cw, upstreamErr := h.forward(w, r.WithContext(ctx), next, x, sent)
+
+	x.settle(h.outcome(req, cw, upstreamErr))
+	storeErr := h.record(ctx, db, x)
+
+	return h.respond(cw, x, storeErr, upstreamErr)
+}
+
+// parse reads the body (decoded as the agent will decode it, within
+// max_body) and parses it. A request that cannot go on gets rejection,
+// which answers it.
+func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (sent []byte, req *protocol.Request, rejection func() error) {
 	// A checked POST must not turn into a tunnel: an agent answering 101
 	// would have reverse_proxy pass raw, unchecked bytes to it.
 	r.Header.Del("Upgrade")
 	if r.ContentLength > int64(h.MaxBody) {
 		// Refuse before reading a byte of it.
-		return h.rejectTooLarge(w)
+		return nil, nil, func() error { return h.rejectTooLarge(w) }
 	}
 	sent, body, err := readBody(r, w, int64(h.MaxBody))
 	if err != nil {
@@ -136,32 +175,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			if be.status == http.StatusUnsupportedMediaType {
 				code = protocol.CodeInvalidRequest
 			}
-			return h.reject(w, be.status, protocol.NewError(code, be.reason, be.detail).JSON())
+			return nil, nil, func() error { return h.reject(w, be.status, protocol.NewError(code, be.reason, be.detail).JSON()) }
 		}
-		return h.rejectTooLarge(w)
+		return nil, nil, func() error { return h.rejectTooLarge(w) }
 	}
 	req, perr := protocol.ParseRequest(body, h.limits)
 	if perr != nil {
-		return h.reject(w, http.StatusOK, perr.JSON())
+		return nil, nil, func() error { return h.reject(w, http.StatusOK, perr.JSON()) }
 	}
-	db, err := h.store.Wait(r.Context(), storeWait)
-	if err != nil {
-		h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
-		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
-			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
-	}
-	grants, ids := h.admit(r, db, req)
-	handedOver := false
-	defer func() {
-		if !handedOver {
-			h.releaseIdentities(ids)
-		}
-	}()
-	if !req.Forwardable() {
-		return h.reject(w, http.StatusOK, localAnswer(req))
-	}
+	return sent, req, nil
+}
 
-	forward, filtered := forwardBody(req, sent)
+// forward hands the accepted calls to the rest of the route
+// (reverse_proxy) and holds the agent's answer for inspection. The agent
+// gets exactly the bytes that were checked: the body as sent, or a batch
+// of just the accepted calls.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, x *exchange, sent []byte) (*capture, error) {
+	forward, filtered := forwardBody(x.req, sent)
 	if filtered {
 		// A filtered batch is new JSON: it goes out uncompressed.
 		r.Header.Del("Content-Encoding")
@@ -170,39 +200,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.ContentLength = int64(len(forward))
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(forward)), nil }
 
-	// A task the agent runs is usage whether or not its client waits for
-	// the answer: a client hanging up must not turn an executed task into
-	// an unmetered failure, so the call to the agent outlives the client
-	// (for at most detachedLimit).
-	ctx, cancel := detach(r.Context(), detachedLimit)
-	defer cancel()
-	r = r.WithContext(ctx)
-
 	cw := newCapture(w, true, int(h.InspectLimit))
-	started := time.Now()
-	upstreamErr := serveNext(next, cw, r)
-	elapsed := time.Since(started)
-	err = nil
+	x.started = time.Now()
+	err := serveNext(next, cw, r)
+	x.elapsed = time.Since(x.started)
+	return cw, err
+}
 
-	out := h.outcome(req, cw, upstreamErr)
-	if out.noAnswer {
-		releaseUnanswered(grants)
-	}
-	h.observe(req, out, elapsed)
-	recs := h.account(req, grants, ids, out, started, elapsed)
-	if len(recs) > 0 {
-		handedOver = true
-		pending := h.persist(db, recs, ids)
-		if h.durability == storage.Strict {
-			err = pending.Wait(r.Context())
-		}
-		if err != nil {
-			h.logger.Error("task records not stored; answering 503 so the client does not take an unrecorded answer",
-				zap.Int("calls", len(recs)), zap.Error(err))
-			if !cw.passing {
-				return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "record_not_durable",
-					"the task ran but its record could not be stored; check the sidecar's storage").WithID(singleID(req)).JSON())
-			}
+// respond gives the client the agent's answer (with the sidecar's errors
+// for refused batch calls merged in), or the sidecar's own answer when
+// the agent's cannot stand: it failed, or its records could not be
+// stored.
+func (h *Handler) respond(cw *capture, x *exchange, storeErr, upstreamErr error) error {
+	out := x.out
+	if storeErr != nil {
+		h.logger.Error("task records not stored; answering 503 so the client does not take an unrecorded answer",
+			zap.Int("calls", len(x.req.Calls)), zap.Error(storeErr))
+		if !cw.passing {
+			return writeJSON(cw.ResponseWriter, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "record_not_durable",
+				"the task ran but its record could not be stored; check the sidecar's storage").WithID(singleID(x.req)).JSON())
 		}
 	}
 	if out.replace == nil {

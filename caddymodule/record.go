@@ -34,9 +34,11 @@ type callRecord struct {
 	usage *audit.Record
 }
 
-// account builds one record per forwarded call of req that has anything
-// to write: usage and counters, audit entries, or delegation counts.
-func (h *Handler) account(req *protocol.Request, grants []grant, ids []callIdentity, out outcome, started time.Time, elapsed time.Duration) []callRecord {
+// account builds one record per forwarded call of the exchange that has
+// anything to write: usage and counters, audit entries, or delegation
+// counts.
+func (h *Handler) account(x *exchange) []callRecord {
+	req, out, started, elapsed := x.req, x.out, x.started, x.elapsed
 	// Microseconds: every timestamp the APIs answer parses in any Python.
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	recs := make([]callRecord, 0, len(req.Calls))
@@ -44,20 +46,20 @@ func (h *Handler) account(req *protocol.Request, grants []grant, ids []callIdent
 		if c.Err != nil {
 			continue
 		}
-		g := grants[i]
+		g := x.grants[i]
 		if !h.metering && !h.audit && (g.reservation == nil || out.noAnswer) {
 			continue
 		}
 		env := &c.Envelope
 		rec := callRecord{agent: h.agentOf(env), dedup: env.ID}
-		if ids != nil {
-			rec.digest = ids[i].digest[:]
+		if x.ids != nil {
+			rec.digest = x.ids[i].digest[:]
 		}
 		if !out.noAnswer {
 			rec.reservation = g.reservation
 		}
-		rep, _ := replyFor(req, &c, out.replies)
-		rec.failed = callFailed(req, &c, out)
+		rep := x.results[i].reply
+		rec.failed = x.results[i].failed
 		// A failed call is failed whatever status its payload claims, so
 		// the event and the outcome counters agree.
 		status := rep.Status
@@ -122,15 +124,6 @@ func (h *Handler) agentOf(env *protocol.Envelope) string {
 		return h.Agent
 	}
 	return env.Recipient
-}
-
-// callFailed reports whether a forwarded call failed: the agent was not
-// reached or answered 5xx or garbage, left the call unanswered (in an
-// answer small enough to read whole), or its answer is a JSON-RPC error or
-// a failed task.
-func callFailed(req *protocol.Request, c *protocol.Call, out outcome) bool {
-	rep, answered := replyFor(req, c, out.replies)
-	return out.failAll || (!answered && !out.truncated) || rep.Failed()
 }
 
 // taskTrail is a call's task.started and task.completed/task.failed

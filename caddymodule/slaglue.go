@@ -14,7 +14,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -183,18 +182,18 @@ func (h *Handler) slaTracker() *sla.Tracker {
 // observe feeds the SLA tracker one request's outcome: a sample per
 // forwarded call, and a failed availability sample when the agent could
 // not be reached (a passive health check).
-func (h *Handler) observe(req *protocol.Request, out outcome, elapsed time.Duration) {
+func (h *Handler) observe(x *exchange) {
 	t := h.slaTracker()
 	if t == nil {
 		return
 	}
-	for _, c := range req.Calls {
+	for i, c := range x.req.Calls {
 		if c.Err != nil {
 			continue
 		}
-		t.Observe(elapsed, callFailed(req, &c, out))
+		t.Observe(x.elapsed, x.results[i].failed)
 	}
-	if out.noAnswer {
+	if x.out.noAnswer {
 		t.Health(false)
 	}
 }

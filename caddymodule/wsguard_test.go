@@ -129,8 +129,8 @@ func dialWS(t *testing.T, s *sidecar, token string) *websocket.Conn {
 	return conn
 }
 
-// exchange sends one frame and reads one answer frame.
-func exchange(t *testing.T, conn *websocket.Conn, frame string) []byte {
+// roundTripFrame sends one frame and reads one answer frame.
+func roundTripFrame(t *testing.T, conn *websocket.Conn, frame string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -162,7 +162,7 @@ func TestWebSocketFramesAreCheckedAndMetered(t *testing.T) {
 		"duplicate batch ids": {"[" + rpc("a", benign) + "," + rpc("a", envelope("01JWSGUARD0000000000000002", "echo", `{}`)) + "]", "duplicate_id"},
 		"unknown method":      {`{"jsonrpc":"2.0","method":"tasks.run","params":{},"id":"r1"}`, "unknown_method"},
 	} {
-		msg := exchange(t, conn, c.frame)
+		msg := roundTripFrame(t, conn, c.frame)
 		if a := decodeAnswer(t, msg); a.Error == nil || a.Error.Data["reason"] != c.reason {
 			t.Errorf("%s: answer %s, want reason %s", name, msg, c.reason)
 		}
@@ -173,7 +173,7 @@ func TestWebSocketFramesAreCheckedAndMetered(t *testing.T) {
 
 	// Valid calls: forwarded as sent, answers matched by decoded id.
 	frame := `{"jsonrpc":"2.0","method":"asap.send","params":{"envelope":` + benign + `},"id":"\u0061"}`
-	msg := exchange(t, conn, frame)
+	msg := roundTripFrame(t, conn, frame)
 	if a := decodeAnswer(t, msg); a.Result == nil || string(a.ID) != `"a"` {
 		t.Fatalf("answer %s", msg)
 	}
@@ -183,7 +183,7 @@ func TestWebSocketFramesAreCheckedAndMetered(t *testing.T) {
 	// A partly refused batch: the refusals come back at once, the good
 	// call goes on alone.
 	good := rpc("g", envelope("01JWSGUARD0000000000000003", "echo", `{}`))
-	first := exchange(t, conn, "["+good+`,{"jsonrpc":"2.0","method":"nope","id":"x"}]`)
+	first := roundTripFrame(t, conn, "["+good+`,{"jsonrpc":"2.0","method":"nope","id":"x"}]`)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, second, err := conn.Read(ctx)
@@ -218,15 +218,15 @@ func TestWebSocketFramesAreAuthorizedOneByOne(t *testing.T) {
 	conn := dialWS(t, s, token)
 
 	wrongSender := strings.Replace(envelope("01JWSAUTH00000000000000001", "echo", `{}`), "urn:asap:agent:client", "urn:asap:agent:mallory", 1)
-	if a := decodeAnswer(t, exchange(t, conn, rpc("w", wrongSender))); a.Error == nil || a.Error.Code != protocol.CodeTokenAudience {
+	if a := decodeAnswer(t, roundTripFrame(t, conn, rpc("w", wrongSender))); a.Error == nil || a.Error.Code != protocol.CodeTokenAudience {
 		t.Fatalf("wrong sender over the socket: %+v", a.Error)
 	}
 	restore := strings.Replace(envelope("01JWSAUTH00000000000000002", "echo", `{}`), "task.request", "state.restore", 1)
-	if a := decodeAnswer(t, exchange(t, conn, rpc("w", restore))); a.Error == nil || a.Error.Code != protocol.CodeTokenScope {
+	if a := decodeAnswer(t, roundTripFrame(t, conn, rpc("w", restore))); a.Error == nil || a.Error.Code != protocol.CodeTokenScope {
 		t.Fatalf("unscoped payload over the socket: %+v", a.Error)
 	}
 	for i := 0; i < 3; i++ {
-		a := decodeAnswer(t, exchange(t, conn, rpc(fmt.Sprint("m", i), envelope(fmt.Sprintf("01JWSAUTH0000000000000001%d", i), "echo", `{}`))))
+		a := decodeAnswer(t, roundTripFrame(t, conn, rpc(fmt.Sprint("m", i), envelope(fmt.Sprintf("01JWSAUTH0000000000000001%d", i), "echo", `{}`))))
 		if i < 2 && a.Result == nil || i == 2 && (a.Error == nil || a.Error.Code != protocol.CodeTokenLimitSpent) {
 			t.Fatalf("call %d with max_tasks 2: %+v", i, a.Error)
 		}
@@ -238,7 +238,7 @@ func TestWebSocketFramesAreAuthorizedOneByOne(t *testing.T) {
 	// A revocation takes effect on the next frame of an open socket.
 	token2 := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"]}`)
 	conn2 := dialWS(t, s, token2)
-	if a := decodeAnswer(t, exchange(t, conn2, rpc("r", envelope("01JWSAUTH00000000000000021", "echo", `{}`)))); a.Result == nil {
+	if a := decodeAnswer(t, roundTripFrame(t, conn2, rpc("r", envelope("01JWSAUTH00000000000000021", "echo", `{}`)))); a.Result == nil {
 		t.Fatalf("before revocation: %+v", a.Error)
 	}
 	leaf, _ := delegation.ParseLink(token2)
@@ -248,7 +248,7 @@ func TestWebSocketFramesAreAuthorizedOneByOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if a := decodeAnswer(t, exchange(t, conn2, rpc("r", envelope("01JWSAUTH00000000000000022", "echo", `{}`)))); a.Error == nil || a.Error.Code != protocol.CodeTokenRevoked {
+	if a := decodeAnswer(t, roundTripFrame(t, conn2, rpc("r", envelope("01JWSAUTH00000000000000022", "echo", `{}`)))); a.Error == nil || a.Error.Code != protocol.CodeTokenRevoked {
 		t.Fatalf("after revocation: %+v", a.Error)
 	}
 	if n := agent.count(); n != 3 {
@@ -305,7 +305,7 @@ func TestWebSocketPendingCallsAtClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The same id again while the first is pending.
-	msg := exchange(t, conn, rpc("p", envelope("01JWSPEND00000000000000002", "echo", `{}`)))
+	msg := roundTripFrame(t, conn, rpc("p", envelope("01JWSPEND00000000000000002", "echo", `{}`)))
 	if a := decodeAnswer(t, msg); a.Error == nil || a.Error.Data["reason"] != "duplicate_id" {
 		t.Fatalf("pending id reused: %s", msg)
 	}
@@ -313,7 +313,7 @@ func TestWebSocketPendingCallsAtClose(t *testing.T) {
 	// The slot comes back: the token's one task can run on a new socket.
 	waitFor(t, func() bool { return countsOf(t, "urn:asap:agent:demo").Failed == 1 })
 	conn = dialWS(t, s, token)
-	if a := decodeAnswer(t, exchange(t, conn, rpc("q", envelope("01JWSPEND00000000000000003", "echo", `{}`)))); a.Result == nil {
+	if a := decodeAnswer(t, roundTripFrame(t, conn, rpc("q", envelope("01JWSPEND00000000000000003", "echo", `{}`)))); a.Result == nil {
 		t.Fatalf("slot not given back: %+v", a.Error)
 	}
 	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 2 || c.Failed != 1 || c.Completed != 1 {
@@ -328,7 +328,7 @@ func TestWebSocketSLASubscription(t *testing.T) {
 	defer srv.Close()
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
 	conn := dialWS(t, s, "")
-	if msg := exchange(t, conn, `{"jsonrpc":"2.0","method":"sla.subscribe","params":{},"id":1}`); string(msg) != `{"jsonrpc":"2.0","result":{"subscribed":true},"id":1}` {
+	if msg := roundTripFrame(t, conn, `{"jsonrpc":"2.0","method":"sla.subscribe","params":{},"id":1}`); string(msg) != `{"jsonrpc":"2.0","result":{"subscribed":true},"id":1}` {
 		t.Fatalf("subscribe: %s", msg)
 	}
 	// A breach reaches the subscribed socket.
@@ -339,7 +339,7 @@ func TestWebSocketSLASubscription(t *testing.T) {
 	if err != nil || !strings.Contains(string(msg), `"method":"sla.breach"`) || !strings.Contains(string(msg), `"brk_ws"`) {
 		t.Fatalf("breach notification: %s %v", msg, err)
 	}
-	if msg := exchange(t, conn, `{"jsonrpc":"2.0","method":"sla.unsubscribe","id":"u"}`); string(msg) != `{"jsonrpc":"2.0","result":{"unsubscribed":true},"id":"u"}` {
+	if msg := roundTripFrame(t, conn, `{"jsonrpc":"2.0","method":"sla.unsubscribe","id":"u"}`); string(msg) != `{"jsonrpc":"2.0","result":{"unsubscribed":true},"id":"u"}` {
 		t.Fatalf("unsubscribe: %s", msg)
 	}
 	if n := agent.count(); n != 0 {
@@ -378,7 +378,7 @@ func TestWebSocketOutlivesTheHandshakeTimeout(t *testing.T) {
 		if i > 0 {
 			time.Sleep(10 * wsHandshakeTimeout)
 		}
-		msg := exchange(t, conn, rpc("r", envelope(id, "echo", `{}`)))
+		msg := roundTripFrame(t, conn, rpc("r", envelope(id, "echo", `{}`)))
 		if a := decodeAnswer(t, msg); a.Result == nil {
 			t.Fatalf("call %d: answer %s", i+1, msg)
 		}

@@ -464,9 +464,6 @@ func (s *wsSession) failPending() {
 	if len(done) == 0 {
 		return
 	}
-	for _, wc := range done {
-		wc.grant.reservation.Release()
-	}
 	out := outcome{failAll: true, noAnswer: true, status: http.StatusBadGateway, httpCode: http.StatusBadGateway}
 	ctx, cancel := context.WithTimeout(context.Background(), storeWait)
 	defer cancel()
@@ -475,32 +472,26 @@ func (s *wsSession) failPending() {
 	}
 }
 
-// record runs the HTTP path's accounting for calls answered (or not) on
-// the socket: SLA sample, usage, counters, audit and delegation counts.
+// record runs the HTTP path's accounting step for calls answered (or
+// not) on the socket: SLA sample, usage, counters, audit and delegation
+// counts.
 func (s *wsSession) record(ctx context.Context, calls []*wsCall, out outcome) error {
-	h := s.h
-	req := &protocol.Request{Batch: true, Calls: make([]protocol.Call, len(calls))}
-	grants := make([]grant, len(calls))
-	ids := make([]callIdentity, len(calls))
-	started := calls[0].started
+	x := &exchange{
+		req:     &protocol.Request{Batch: true, Calls: make([]protocol.Call, len(calls))},
+		grants:  make([]grant, len(calls)),
+		ids:     make([]callIdentity, len(calls)),
+		started: calls[0].started,
+	}
 	for i, wc := range calls {
-		req.Calls[i], grants[i], ids[i] = wc.call, wc.grant, wc.id
-		if wc.started.Before(started) {
-			started = wc.started
+		x.req.Calls[i], x.grants[i], x.ids[i] = wc.call, wc.grant, wc.id
+		if wc.started.Before(x.started) {
+			x.started = wc.started
 		}
 	}
-	elapsed := time.Since(started)
-	h.observe(req, out, elapsed)
-	recs := h.account(req, grants, ids, out, started, elapsed)
-	if len(recs) == 0 {
-		h.releaseIdentities(ids)
-		return nil
-	}
-	pending := h.persist(s.db, recs, ids)
-	if h.durability != storage.Strict {
-		return nil
-	}
-	err := pending.Wait(ctx)
+	x.elapsed = time.Since(x.started)
+	x.settle(out)
+	defer x.release(s.h)
+	err := s.h.record(ctx, s.db, x)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

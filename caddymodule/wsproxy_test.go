@@ -69,7 +69,7 @@ func TestWebSocketSubprotocolReachesTheClient(t *testing.T) {
 	if p := conn.Subprotocol(); p != "asap.v1" {
 		t.Fatalf("subprotocol %q, want the agent's asap.v1", p)
 	}
-	if msg := exchange(t, conn, rpc("r1", envelope(envID("SUBPROTO", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := roundTripFrame(t, conn, rpc("r1", envelope(envID("SUBPROTO", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer %s", msg)
 	}
 }
@@ -87,7 +87,7 @@ func TestWebSocketClientLeavingClosesTheAgent(t *testing.T) {
 	t.Cleanup(srv.Close)
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo")
 	conn := dialWS(t, s, "")
-	if msg := exchange(t, conn, rpc("r1", envelope(envID("DRAIN", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := roundTripFrame(t, conn, rpc("r1", envelope(envID("DRAIN", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer %s", msg)
 	}
 	if err := conn.Close(websocket.StatusNormalClosure, ""); err != nil {
@@ -145,7 +145,7 @@ func TestWebSocketAnswerWaitsForItsRecord(t *testing.T) {
 	t.Cleanup(srv.Close)
 	s := startSidecar(t, upstreamAddr(srv), "agent urn:asap:agent:demo\ndurability strict")
 	conn := dialWS(t, s, "")
-	if msg := exchange(t, conn, rpc("r1", envelope(envID("WSSTRICT", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
+	if msg := roundTripFrame(t, conn, rpc("r1", envelope(envID("WSSTRICT", 1), "echo", `{}`))); !strings.Contains(string(msg), `"result"`) {
 		t.Fatalf("answer before the corruption: %s", msg)
 	}
 	corruptAuditHead(t)
