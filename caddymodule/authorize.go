@@ -167,7 +167,7 @@ func (h *Handler) auditRejections(recs []audit.Record) {
 	}
 	now := time.Now()
 	h.store.db.Submit(storage.Relaxed, func(tx *storage.Tx) error {
-		_, err := h.store.audit.Append(tx, now, recs...)
+		err := h.store.audit.Stage(tx, now, recs...)
 		return err
 	})
 }

@@ -58,7 +58,7 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		if r.ParentID != "" {
 			d["parent_id"] = r.ParentID
 		}
-		_, err := h.store.audit.Append(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
+		err := h.store.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
 		return err
 	}
 	if _, err := h.store.ledger.RecordIssued(ctx, m, created); err != nil {
@@ -86,7 +86,7 @@ func (s delegationService) Revoke(ctx context.Context, id string) error {
 		if !h.audit {
 			return nil
 		}
-		_, err := h.store.audit.Append(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
+		err := h.store.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
 			Details: revocationDetails(r)})
 		return err
 	}

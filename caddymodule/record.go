@@ -210,7 +210,7 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord, ids []callIdentity)
 			}
 		}
 		if len(trail) > 0 {
-			if _, err := log.Append(tx, now, trail...); err != nil {
+			if err := log.Stage(tx, now, trail...); err != nil {
 				return err
 			}
 		}

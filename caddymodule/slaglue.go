@@ -108,7 +108,7 @@ func (s *alertSink) record(tx *storage.Tx, ev sla.Event) error {
 	if b.ResolvedAt != nil {
 		d["resolved_at"] = b.ResolvedAt.UTC().Format(audit.TimeFormat)
 	}
-	_, err := s.audit.Append(tx, time.Now(), audit.Record{Operation: op, AgentURN: b.AgentID, Details: d})
+	err := s.audit.Stage(tx, time.Now(), audit.Record{Operation: op, AgentURN: b.AgentID, Details: d})
 	return err
 }
 

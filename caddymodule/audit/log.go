@@ -131,20 +131,37 @@ func readHead(get func([]byte) ([]byte, error)) (*head, error) {
 	return h, nil
 }
 
-// Append stages recs as the next entries, inside tx, as one block:
-// sequence numbers come from the head read in the same transaction, so
-// they are gap-free however many writers share a group. Timestamps never
-// go backwards; the entries of one Append share one.
+// Append stages recs as the next entries, inside tx, as one block, and
+// returns them as they will read back.
 func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, error) {
+	b, sums, salt, err := l.stage(tx, now, recs)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	return b.entries(salt, sums), nil
+}
+
+// Stage is Append for callers that do not need the entries back (the
+// request path): the same writes, without building them.
+func (l *Log) Stage(tx *storage.Tx, now time.Time, recs ...Record) error {
+	_, _, _, err := l.stage(tx, now, recs)
+	return err
+}
+
+// stage writes recs as the next block: sequence numbers come from the
+// head read in the same transaction, so they are gap-free however many
+// writers share a group. Timestamps never go backwards; the entries of
+// one block share one.
+func (l *Log) stage(tx *storage.Tx, now time.Time, recs []Record) (*block, [][sha256.Size]byte, []byte, error) {
 	if len(recs) == 0 {
-		return nil, nil
+		return nil, nil, nil, nil
 	}
 	h, err := readHead(tx.Get)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if h.Size > maxEntries || uint64(len(recs)) > maxEntries-h.Size {
-		return nil, fmt.Errorf("audit: the log is full (%d entries)", h.Size)
+		return nil, nil, nil, fmt.Errorf("audit: the log is full (%d entries)", h.Size)
 	}
 	// The block keeps the hash it chains to, raw.
 	prev, err := hex.DecodeString(h.Hash)
@@ -153,7 +170,7 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 		wantLen = 0
 	}
 	if err != nil || len(prev) != wantLen {
-		return nil, errors.New("audit: head is corrupt: its last hash is not a hash")
+		return nil, nil, nil, errors.New("audit: head is corrupt: its last hash is not a hash")
 	}
 	salt, err := l.idSalt(tx)
 	if errors.Is(err, storage.ErrNotFound) && h.Size == 0 {
@@ -162,23 +179,28 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 		_, _ = rand.Read(salt) // never fails (Go 1.24)
 		tx.Set(saltKey, salt)
 	} else if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	rng := factory.NewEmptyRange(0)
 	if !l.chainOnly {
 		if rng, err = factory.NewRange(0, h.Size, h.Range); err != nil {
-			return nil, fmt.Errorf("audit: head range is corrupt: %w", err)
+			return nil, nil, nil, fmt.Errorf("audit: head range is corrupt: %w", err)
 		}
 	}
-	// Microseconds are what the entry keeps: order is judged on them.
-	now = now.UTC().Truncate(time.Microsecond)
-	if last, err := time.Parse(TimeFormat, h.Last); err == nil && now.Before(last) {
-		now = last
+	// Microseconds are what the entry keeps: order is judged on them. The
+	// format is fixed-width, so text order is time order; the last
+	// timestamp is parsed only when the clock went back, to be sure it is
+	// one (a head never holds anything else, but it is read from disk).
+	ts := now.UTC().Format(TimeFormat)
+	if ts < h.Last && len(h.Last) == len(TimeFormat) {
+		if _, err := time.Parse(TimeFormat, h.Last); err == nil {
+			ts = h.Last
+		}
 	}
-	b := &block{first: h.Size, prev: prev, ts: now.Format(TimeFormat), items: make([]item, len(recs))}
+	b := &block{first: h.Size, prev: prev, ts: ts, items: make([]item, len(recs))}
 	for i, rec := range recs {
 		if err := rec.Prepare(); err != nil {
-			return nil, err
+			return nil, nil, nil, err
 		}
 		b.items[i] = item{op: rec.Operation, agent: rec.AgentURN, details: rec.canonical}
 	}
@@ -202,7 +224,7 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 		b.items[i].tag = tagOf(sums[i], b.items[i].agent)
 		if !l.chainOnly {
 			if err := rng.Append(hasher.HashLeaf(sums[i][:]), visit); err != nil {
-				return nil, err
+				return nil, nil, nil, err
 			}
 		}
 		index(byAgent, recs[i].AgentURN)
@@ -212,15 +234,13 @@ func (l *Log) Append(tx *storage.Tx, now time.Time, recs ...Record) ([]Entry, er
 	}
 	val, err := b.encode()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	tx.Set(blockKey(b.first), val)
-	out := b.entries(salt, sums)
-	last := out[len(out)-1]
-	h.Size, h.Hash, h.Last = h.Size+uint64(len(out)), last.Hash, last.Timestamp
+	h.Size, h.Hash, h.Last = h.Size+uint64(len(recs)), hex.EncodeToString(sums[len(sums)-1][:]), b.ts
 	h.Range = rng.Hashes()
 	tx.Set(headKey, h.encode())
-	return out, nil
+	return b, sums, salt, nil
 }
 
 // idSalt is the log's id salt: cached once committed, else as tx sees it.
