@@ -11,10 +11,13 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 )
 
 // Event is one task's usage, in the reference's UsageMetrics shape plus the
@@ -57,14 +60,29 @@ func ParseMetrics(raw json.RawMessage) Metrics {
 	if len(raw) == 0 {
 		return m
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		m.Problems = append(m.Problems, "metrics is not an object")
-		return m
+	var in, out, used, calls json.RawMessage
+	if !protocol.Members(raw, func(name, v []byte) {
+		switch string(name) {
+		case "tokens_in":
+			in = v
+		case "tokens_out":
+			out = v
+		case "tokens_used":
+			used = v
+		case "api_calls":
+			calls = v
+		}
+	}) {
+		// Not an object the scanner reads: decode it.
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &fields); err != nil {
+			m.Problems = append(m.Problems, "metrics is not an object")
+			return m
+		}
+		in, out, used, calls = fields["tokens_in"], fields["tokens_out"], fields["tokens_used"], fields["api_calls"]
 	}
-	read := func(name string) int64 {
-		v, ok := fields[name]
-		if !ok || bytes.Equal(v, []byte("null")) {
+	read := func(name string, v json.RawMessage) int64 {
+		if v == nil || bytes.Equal(v, []byte("null")) {
 			return 0
 		}
 		n, ok := wholeNumber(v)
@@ -74,19 +92,23 @@ func ParseMetrics(raw json.RawMessage) Metrics {
 		}
 		return n
 	}
-	m.TokensIn = read("tokens_in")
-	m.TokensOut = read("tokens_out")
-	used := read("tokens_used")
-	if m.TokensOut == 0 {
-		m.TokensOut = used
+	m.TokensIn = read("tokens_in", in)
+	m.TokensOut = read("tokens_out", out)
+	if t := read("tokens_used", used); m.TokensOut == 0 {
+		m.TokensOut = t
 	}
-	m.APICalls = read("api_calls")
+	m.APICalls = read("api_calls", calls)
 	return m
 }
 
 func wholeNumber(v json.RawMessage) (int64, bool) {
-	var f float64
-	if err := json.Unmarshal(v, &f); err != nil {
+	// What json.Unmarshal into a float64 takes: a number literal (a
+	// string, bool, object or array is a type error), parsed in range.
+	if len(v) == 0 || (v[0] != '-' && (v[0] < '0' || v[0] > '9')) || !json.Valid(v) {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(string(v), 64)
+	if err != nil {
 		return 0, false
 	}
 	if f < 0 || f > MaxMetric || f != math.Trunc(f) {

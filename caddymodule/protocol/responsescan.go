@@ -196,3 +196,24 @@ func scanEnvelope(raw []byte, validated bool) (env wireReplyEnvelope, ok bool) {
 func scannable(b []byte) bool {
 	return utf8.Valid(b) && nestingDepth(b, scanDepth) <= scanDepth && validJSON(b)
 }
+
+// Members calls fn with each member of the JSON object raw, its name
+// decoded, in document order, so a caller reads the fields it wants
+// without decoding the object into a map (later members of the same name
+// come later, as a map keeps the last). It returns false, calling fn for
+// nothing, when raw is not an object or not one the scanner reads as
+// encoding/json does (see scannable); the caller then decodes it.
+func Members(raw []byte, fn func(name, value []byte)) bool {
+	if kind(raw) != '{' || !scannable(raw) {
+		return false
+	}
+	raw = bytes.TrimLeft(raw, " \t\r\n")
+	it := newElements(raw)
+	for {
+		name, v, more := it.next(true)
+		if !more {
+			return true
+		}
+		fn(memberName(name), v)
+	}
+}

@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -137,4 +138,17 @@ var responseSeeds = []string{
 	`{"payload":{"task_id":"a"},"payload":7}`,
 	`{"payload":[],"payload_type":1}`,
 	`{"payload_type":"a","payload_type":"b","payload":{"final":false,"Final":true}}`,
+}
+
+func TestMembers(t *testing.T) {
+	var got []string
+	ok := Members([]byte(` {"a":1, "b\u0062":[2,{"c":3}],"a":"x"} `), func(name, v []byte) { got = append(got, string(name)+"="+string(v)) })
+	if !ok || strings.Join(got, " ") != `a=1 bb=[2,{"c":3}] a="x"` {
+		t.Fatalf("members %v (%v)", got, ok)
+	}
+	for _, bad := range []string{`[1]`, `{"a":1,}`, "{\"a\":\"\xff\"}", `"s"`, ``} {
+		if Members([]byte(bad), func(_, _ []byte) { t.Fatalf("%q: called", bad) }) {
+			t.Fatalf("%q: read as an object", bad)
+		}
+	}
 }
