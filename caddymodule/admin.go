@@ -60,13 +60,13 @@ func runningApp() (*App, error) {
 // handler whose database the request is about (?storage=DIR when there
 // are several). The API sees the reference's path: /asap is cut off,
 // except for /asap/delegations, which keeps its name.
-func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler)) caddy.AdminHandlerFunc {
+func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler, d *database)) caddy.AdminHandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		app, err := runningApp()
 		if err != nil {
 			return err
 		}
-		h, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+		h, d, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
 		if err != nil {
 			return err
 		}
@@ -74,23 +74,23 @@ func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, ap
 		if !strings.HasPrefix(path, "/asap/delegations") {
 			path = strings.TrimPrefix(path, "/asap")
 		}
-		serve(w, r, path, app, h)
+		serve(w, r, path, app, h, d)
 		return nil
 	}
 }
 
 var (
-	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
-		api.Usage(w, r, path, h.usageStore())
+	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
+		api.Usage(w, r, path, h.usage(d))
 	})
-	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler) {
-		api.SLA(w, r, path, slaService{app, h})
+	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler, d *database) {
+		api.SLA(w, r, path, slaService{app, h, d})
 	})
-	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
-		api.Audit(w, r, path, auditService{h})
+	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
+		api.Audit(w, r, path, auditService{h, d})
 	})
-	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler) {
-		api.Delegations(w, r, path, delegationService{h})
+	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
+		api.Delegations(w, r, path, delegationService{h, d})
 	})
 )
 
@@ -144,18 +144,18 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 			Delegation: h.Delegation,
 			Rejected:   h.rejected.Load(),
 		}
-		db, err := h.store.Wait(r.Context(), storeWait)
+		d, err := h.store.Wait(r.Context(), storeWait)
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
-		as.StorageOpenedAt = h.store.openedAt.UTC()
-		if as.AuditEntries, _, err = h.store.audit.Size(); err != nil {
+		as.StorageOpenedAt = d.openedAt.UTC()
+		if as.AuditEntries, _, err = d.audit.Size(); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading the audit log: %v", err)}
 		}
-		if k := h.auditSigner(); k.err == nil {
+		if k := h.auditSigner(d); k.err == nil {
 			as.AuditKey = k.vkey
 		}
-		if as.Counts, err = metering.CountsOf(db, h.Agent); err != nil {
+		if as.Counts, err = metering.CountsOf(d.db, h.Agent); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
 		}
 		st.Agents = append(st.Agents, as)

@@ -73,18 +73,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 
 // Store is a handler's reference to a database that the app opens in
 // Start. Handlers are provisioned before apps start (and Caddy starts apps
-// in no fixed order), so a request can arrive before the database is open;
-// Wait covers that window.
+// in no fixed order), so a request can arrive before the database is open:
+// the open database is only reached through Wait, which covers that
+// window, and is passed from there to the steps that use it.
 type Store struct {
-	dir   string
-	flush time.Duration
-	ready chan struct{}
-	err   error
-	*shared
+	dir    string
+	flush  time.Duration
+	ready  chan struct{}
+	err    error
+	opened *database // set before ready is closed
 }
 
-// shared is what one open database brings, kept across reloads.
-type shared struct {
+// database is what one open database brings, kept across reloads.
+type database struct {
 	db *storage.DB
 	// calls holds the envelope ids of calls between check and commit.
 	calls inFlight
@@ -106,7 +107,7 @@ var ErrStoreUnavailable = errors.New("asap: storage is not available")
 
 // Wait returns the database once the app has opened it, waiting at most
 // d (or until ctx ends) while it is being opened.
-func (s *Store) Wait(ctx context.Context, d time.Duration) (*storage.DB, error) {
+func (s *Store) Wait(ctx context.Context, d time.Duration) (*database, error) {
 	select {
 	case <-s.ready:
 		return s.dbOrErr()
@@ -124,11 +125,22 @@ func (s *Store) Wait(ctx context.Context, d time.Duration) (*storage.DB, error) 
 	}
 }
 
-func (s *Store) dbOrErr() (*storage.DB, error) {
+func (s *Store) dbOrErr() (*database, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	return s.db, nil
+	return s.opened, nil
+}
+
+// Opened is the database if it is open already, without waiting (for the
+// background loops and the SLA tracker, which have nothing to do before).
+func (s *Store) Opened() *database {
+	select {
+	case <-s.ready:
+		return s.opened
+	default:
+		return nil
+	}
 }
 
 // Dir is the database directory.
@@ -152,14 +164,14 @@ func (a *App) register(h *Handler) {
 	a.mu.Unlock()
 }
 
-type openDB struct{ *shared }
+type openDB struct{ *database }
 
 // Destruct closes the database once the last config using it is gone,
 // after the SLA trackers have stored what they hold.
 func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Close()) }
 
 // openShared opens dir's database and what goes with it.
-func openShared(dir string, flush time.Duration, logger *zap.Logger) (*shared, error) {
+func openDatabase(dir string, flush time.Duration, logger *zap.Logger) (*database, error) {
 	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush})
 	if err != nil {
 		return nil, err
@@ -178,7 +190,7 @@ func openShared(dir string, flush time.Duration, logger *zap.Logger) (*shared, e
 		logger.Info("generated an agent key for handlers without a key option; back it up, or set key",
 			zap.String("file", filepath.Join(dir, agentKeyFile)))
 	}
-	return &shared{db: db, ledger: ledger, audit: audit.New(db), agentKey: key, openedAt: time.Now()}, nil
+	return &database{db: db, ledger: ledger, audit: audit.New(db), agentKey: key, openedAt: time.Now()}, nil
 }
 
 // agentKeyFile is the generated key's name inside the storage directory.
@@ -212,18 +224,18 @@ func (a *App) Start() error {
 	for _, dir := range a.sortedDirs() {
 		s := a.stores[dir]
 		val, loaded, err := databases.LoadOrNew(dir, func() (caddy.Destructor, error) {
-			sh, err := openShared(dir, s.flush, a.logger)
+			d, err := openDatabase(dir, s.flush, a.logger)
 			if err != nil {
 				return nil, err
 			}
-			return openDB{sh}, nil
+			return openDB{d}, nil
 		})
 		if err != nil {
 			a.abortStart(err)
 			return fmt.Errorf("asap: opening storage %s: %w", dir, err)
 		}
 		a.opened = append(a.opened, dir)
-		s.shared = val.(openDB).shared
+		s.opened = val.(openDB).database
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
 	}
@@ -254,7 +266,7 @@ func (a *App) startLoops() {
 			defer a.loops.Done()
 			t := time.NewTicker(h.CheckpointInterval.Std())
 			defer t.Stop()
-			h.checkpointLoop(a.stopLoops, t.C)
+			h.checkpointLoop(a.stopLoops, t.C, h.store.Opened())
 		}(h)
 	}
 }
@@ -266,7 +278,7 @@ func (a *App) abortStart(cause error) {
 	}
 	a.opened = nil
 	for _, s := range a.stores {
-		s.shared, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
+		s.opened, s.err = nil, fmt.Errorf("%w: %v", ErrStoreUnavailable, cause)
 		select {
 		case <-s.ready:
 		default:
@@ -310,8 +322,8 @@ func (a *App) sortedDirs() []string {
 
 // apiHandler is the handler an API request is about: the one database
 // when there is one, else the one named by want (a storage directory). It
-// returns once that database is open.
-func (a *App) apiHandler(ctx context.Context, want string) (*Handler, error) {
+// returns once that database is open, with it.
+func (a *App) apiHandler(ctx context.Context, want string) (*Handler, *database, error) {
 	var chosen *Handler
 	dirs := map[string]bool{}
 	for _, h := range a.handlerList() {
@@ -326,17 +338,18 @@ func (a *App) apiHandler(ctx context.Context, want string) (*Handler, error) {
 			names = append(names, d)
 		}
 		sort.Strings(names)
-		return nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusBadRequest,
 			Message: fmt.Sprintf("name the database with ?storage=DIR; configured: %s", strings.Join(names, ", "))}
 	}
-	if _, err := chosen.store.Wait(ctx, storeWait); err != nil {
-		return nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
+	d, err := chosen.store.Wait(ctx, storeWait)
+	if err != nil {
+		return nil, nil, caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 	}
-	return chosen, nil
+	return chosen, d, nil
 }
 
-// usageStore is the metering store of h's database.
-func (h *Handler) usageStore() *metering.Store { return metering.New(h.store.db, h.Retention.Std()) }
+// usage is the metering store of d for h's retention.
+func (h *Handler) usage(d *database) *metering.Store { return metering.New(d.db, h.Retention.Std()) }
 
 func (a *App) handlerList() []*Handler {
 	a.mu.Lock()

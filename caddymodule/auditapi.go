@@ -21,11 +21,11 @@ type auditKeys struct {
 }
 
 // auditSigner signs checkpoints as <agent>/audit with the agent's key.
-func (h *Handler) auditSigner() *auditKeys {
+func (h *Handler) auditSigner(d *database) *auditKeys {
 	h.auditKeysOnce.Do(func() {
 		k := &auditKeys{}
 		h.auditKeys = k
-		key := h.signingKey()
+		key := h.signingKey(d)
 		if h.Agent == "" || key == nil {
 			k.err = errors.New("checkpoints need the agent option and a key")
 			return
@@ -39,20 +39,23 @@ func (h *Handler) auditSigner() *auditKeys {
 }
 
 // auditService backs the Audit API with one handler's log and key.
-type auditService struct{ h *Handler }
+type auditService struct {
+	h *Handler
+	d *database
+}
 
-func (s auditService) Log() *audit.Log { return s.h.store.audit }
+func (s auditService) Log() *audit.Log { return s.d.audit }
 
 func (s auditService) Checkpoint(ctx context.Context) ([]byte, error) {
-	k := s.h.auditSigner()
+	k := s.h.auditSigner(s.d)
 	if k.err != nil {
 		return nil, k.err
 	}
-	return s.h.store.audit.Checkpoint(ctx, k.signer)
+	return s.d.audit.Checkpoint(ctx, k.signer)
 }
 
 func (s auditService) Verifier() note.Verifier {
-	if k := s.h.auditSigner(); k.err == nil {
+	if k := s.h.auditSigner(s.d); k.err == nil {
 		return k.verifier
 	}
 	return nil
@@ -60,14 +63,14 @@ func (s auditService) Verifier() note.Verifier {
 
 // checkpointLoop signs a checkpoint on every tick while the log grows,
 // until stop is closed.
-func (h *Handler) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time) {
+func (h *Handler) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time, d *database) {
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick:
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := (auditService{h}).Checkpoint(ctx); err != nil {
+			if _, err := (auditService{h, d}).Checkpoint(ctx); err != nil {
 				h.logger.Warn("signing the audit checkpoint", zap.Error(err))
 			}
 			cancel()

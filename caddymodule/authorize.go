@@ -74,20 +74,20 @@ func (h *Handler) setupDelegation() error {
 
 // signingKey is the key delegations are minted with: the key option, or
 // the key generated beside the database.
-func (h *Handler) signingKey() ed25519.PrivateKey {
+func (h *Handler) signingKey(d *database) ed25519.PrivateKey {
 	if h.signKey != nil {
 		return h.signKey
 	}
-	return h.store.agentKey
+	return d.agentKey
 }
 
 // verifierFor is the verifier with the generated agent key trusted for
 // the protected agent when no key option names one.
-func (h *Handler) verifierFor() *delegation.Verifier {
+func (h *Handler) verifierFor(d *database) *delegation.Verifier {
 	h.verifierOnce.Do(func() {
-		if h.signKey == nil && h.Agent != "" && h.store.agentKey != nil {
+		if h.signKey == nil && h.Agent != "" && d.agentKey != nil {
 			if _, ok := h.verifier.Trusted[h.Agent]; !ok {
-				h.verifier.Trusted[h.Agent] = h.store.agentKey.Public().(ed25519.PublicKey)
+				h.verifier.Trusted[h.Agent] = d.agentKey.Public().(ed25519.PublicKey)
 			}
 		}
 	})
@@ -103,7 +103,7 @@ type grant struct {
 // authorize applies the delegation policy to every call of req: rejected
 // calls get their error set (and are not forwarded); accepted ones get
 // their slots reserved. It returns the grants by call index.
-func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
+func (h *Handler) authorize(r *http.Request, d *database, req *protocol.Request) []grant {
 	grants := make([]grant, len(req.Calls))
 	if h.Delegation == config.DelegationOff {
 		return grants
@@ -112,14 +112,14 @@ func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
 	if value == "" && h.Delegation == config.DelegationOptional {
 		return grants
 	}
-	v := h.verifierFor()
+	v := h.verifierFor(d)
 	chain, rej := v.Verify(value)
 	if rej == nil {
-		rej = h.store.ledger.CheckRevoked(chain)
+		rej = d.ledger.CheckRevoked(chain)
 	}
 	now := time.Now()
 	var rejected []audit.Record
-	defer func() { h.auditRejections(rejected) }()
+	defer func() { h.auditRejections(d, rejected) }()
 	for i := range req.Calls {
 		c := &req.Calls[i]
 		if c.Err != nil {
@@ -132,7 +132,7 @@ func (h *Handler) authorize(r *http.Request, req *protocol.Request) []grant {
 		}
 		if callRej == nil {
 			var res *delegation.Reservation
-			if res, callRej = h.store.ledger.Reserve(chain, now); callRej == nil {
+			if res, callRej = d.ledger.Reserve(chain, now); callRej == nil {
 				grants[i] = grant{chain: chain, reservation: res}
 				continue
 			}
@@ -161,14 +161,13 @@ func rejectionRecord(rej *delegation.Rejection, env *protocol.Envelope, agent st
 
 // auditRejections appends rejected calls to the audit log without making
 // the caller wait: a flood of bad tokens must not slow good traffic.
-func (h *Handler) auditRejections(recs []audit.Record) {
+func (h *Handler) auditRejections(d *database, recs []audit.Record) {
 	if len(recs) == 0 || !h.audit {
 		return
 	}
 	now := time.Now()
-	h.store.db.Submit(storage.Relaxed, func(tx *storage.Tx) error {
-		err := h.store.audit.Stage(tx, now, recs...)
-		return err
+	d.db.Submit(storage.Relaxed, func(tx *storage.Tx) error {
+		return d.audit.Stage(tx, now, recs...)
 	})
 }
 
@@ -177,28 +176,25 @@ func (h *Handler) auditRejections(recs []audit.Record) {
 // delegated (signatures, times, attenuation, revocation, and task.execute
 // granted). Per-message audience checks and task limits do not apply to
 // WebSocket traffic.
-func (h *Handler) authorizeUpgrade(r *http.Request) *delegation.Rejection {
+func (h *Handler) authorizeUpgrade(r *http.Request, db *database) *delegation.Rejection {
 	value := r.Header.Get(delegation.Header)
 	if value == "" && h.Delegation == config.DelegationOptional {
 		return nil
 	}
-	if _, err := h.store.Wait(r.Context(), storeWait); err != nil {
-		return &delegation.Rejection{Class: delegation.ClassLimit, Reason: "storage_unavailable", Detail: "the sidecar's storage is not available; retry later"}
-	}
-	chain, rej := h.verifierFor().Verify(value)
+	chain, rej := h.verifierFor(db).Verify(value)
 	if rej == nil {
-		rej = h.store.ledger.CheckRevoked(chain)
+		rej = db.ledger.CheckRevoked(chain)
 	}
 	if rej == nil && !chain.Grants(delegation.ScopeTaskExecute) {
 		rej = &delegation.Rejection{Class: delegation.ClassScope, Reason: "action_not_granted", Detail: "a WebSocket connection needs a chain granting task.execute"}
 	}
 	if rej != nil {
 		h.logger.Info("delegation rejected", zap.String("reason", rej.Reason), zap.String("jti", rej.JTI), zap.String("path", r.URL.Path))
-		d := map[string]any{"reason": rej.Reason, "code": classCodes[rej.Class], "agent": h.Agent, "path": r.URL.Path}
+		details := map[string]any{"reason": rej.Reason, "code": classCodes[rej.Class], "agent": h.Agent, "path": r.URL.Path}
 		if rej.JTI != "" {
-			d["jti"] = rej.JTI
+			details["jti"] = rej.JTI
 		}
-		h.auditRejections([]audit.Record{{Operation: audit.OpDelegationRejected, AgentURN: h.Agent, Details: d}})
+		h.auditRejections(db, []audit.Record{{Operation: audit.OpDelegationRejected, AgentURN: h.Agent, Details: details}})
 	}
 	return rej
 }

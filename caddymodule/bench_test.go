@@ -103,10 +103,11 @@ func BenchmarkRequestOverhead(b *testing.B) {
 	var token string
 	for _, h := range app.handlerList() {
 		if h.Delegation == "require" {
-			if _, err := h.store.Wait(context.Background(), storeWait); err != nil {
+			d, err := h.store.Wait(context.Background(), storeWait)
+			if err != nil {
 				b.Fatal(err)
 			}
-			m, err := delegationService{h}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
+			m, err := delegationService{h, d}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -238,10 +239,11 @@ func BenchmarkRequestWithStuckWebhook(b *testing.B) {
 func BenchmarkDiskPerTask(b *testing.B) {
 	s := startSidecar(b, "", "agent urn:asap:agent:demo\ndelegation require\ndurability strict")
 	h := runningHandler(b)
-	if _, err := h.store.Wait(context.Background(), storeWait); err != nil {
+	d, err := h.store.Wait(context.Background(), storeWait)
+	if err != nil {
 		b.Fatal(err)
 	}
-	m, err := delegationService{h}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
+	m, err := delegationService{h, d}.Mint(context.Background(), api.MintRequest{Delegate: "urn:asap:agent:client", Scopes: []string{"task.execute"}, ExpiresInSeconds: 3600})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func TestCollidingJTICannotTouchAnotherConsumer(t *testing.T) {
 
 	// The operator revokes mallory's token by (issuer, jti): the victim
 	// keeps working.
-	rev, err := runningHandler(t).store.ledger.RevokeFrom(context.Background(), mallory, jti, time.Now())
+	rev, err := runningDatabase(t).ledger.RevokeFrom(context.Background(), mallory, jti, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -198,7 +198,7 @@ func TestChainThroughSidecar(t *testing.T) {
 	root := mintViaAdmin(t, s, fmt.Sprintf(`{"delegate":"urn:asap:agent:orchestrator","scopes":["task.execute","data.read"],"max_tasks":10,"cnf_jwk":%s}`, delegation.PublicJWK(orchPub)))
 
 	// The orchestrator attenuates it for a worker, offline.
-	v := &delegation.Verifier{Trusted: map[string]ed25519.PublicKey{"urn:asap:agent:demo": runningHandler(t).store.agentKey.Public().(ed25519.PublicKey)}}
+	v := &delegation.Verifier{Trusted: map[string]ed25519.PublicKey{"urn:asap:agent:demo": runningDatabase(t).agentKey.Public().(ed25519.PublicKey)}}
 	parent, rej := v.Verify(root)
 	if rej != nil {
 		t.Fatal(rej)

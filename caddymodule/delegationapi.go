@@ -11,13 +11,16 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
-// delegationService backs the Delegation API with one handler's key,
-// verifier and ledger.
-type delegationService struct{ h *Handler }
+// delegationService backs the Delegation API with one handler's key and
+// verifier, and its database's ledger.
+type delegationService struct {
+	h  *Handler
+	db *database
+}
 
 func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*delegation.Minted, error) {
-	h := s.h
-	key := h.signingKey()
+	h, db := s.h, s.db
+	key := h.signingKey(db)
 	if key == nil || h.Agent == "" {
 		return nil, api.ErrNoSigningKey
 	}
@@ -33,9 +36,9 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		return nil, fmt.Errorf("%w: expires_in_seconds must be within 1..%d", delegation.ErrInvalidGrant, int64(delegation.MaxTTL/time.Second))
 	}
 	if req.Parent != "" {
-		chain, rej := h.verifierFor().Verify(req.Parent)
+		chain, rej := h.verifierFor(db).Verify(req.Parent)
 		if rej == nil {
-			rej = h.store.ledger.CheckRevoked(chain)
+			rej = db.ledger.CheckRevoked(chain)
 		}
 		if rej != nil {
 			return nil, fmt.Errorf("%w: parent: %s", delegation.ErrInvalidGrant, rej.Error())
@@ -58,39 +61,37 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		if r.ParentID != "" {
 			d["parent_id"] = r.ParentID
 		}
-		err := h.store.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
-		return err
+		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
 	}
-	if _, err := h.store.ledger.RecordIssued(ctx, m, created); err != nil {
+	if _, err := db.ledger.RecordIssued(ctx, m, created); err != nil {
 		return nil, fmt.Errorf("recording the token: %w", err)
 	}
 	return m, nil
 }
 
 func (s delegationService) List(activeOnly bool) ([]delegation.Record, error) {
-	return s.h.store.ledger.Issued(activeOnly)
+	return s.db.ledger.Issued(activeOnly)
 }
 
 func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
-	rec, err := s.h.store.ledger.Get(id)
+	rec, err := s.db.ledger.Get(id)
 	if err != nil || rec == nil {
 		return nil, 0, err
 	}
-	used, err := s.h.store.ledger.Used(rec)
+	used, err := s.db.ledger.Used(rec)
 	return rec, used, err
 }
 
 func (s delegationService) Revoke(ctx context.Context, id string) error {
-	h := s.h
+	h, db := s.h, s.db
 	revoked := func(tx *storage.Tx, r *delegation.Revocation) error {
 		if !h.audit {
 			return nil
 		}
-		err := h.store.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
+		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
 			Details: revocationDetails(r)})
-		return err
 	}
-	_, err := h.store.ledger.Revoke(ctx, id, time.Now(), revoked)
+	_, err := db.ledger.Revoke(ctx, id, time.Now(), revoked)
 	return err
 }
 

@@ -14,6 +14,7 @@ import (
 // each call's result, worked out once for the SLA sample, the records
 // and the answer alike.
 type exchange struct {
+	db     *database
 	req    *protocol.Request
 	grants []grant        // by call index: delegation chain and slots
 	ids    []callIdentity // by call index: envelope-id claims (metering on)
@@ -60,9 +61,9 @@ func (x *exchange) settle(out outcome) {
 
 // release gives back the id claims of an exchange whose records were
 // never handed over (refused, or nothing to record).
-func (x *exchange) release(h *Handler) {
+func (x *exchange) release() {
 	if !x.recorded {
-		h.releaseIdentities(x.ids)
+		releaseIdentities(x.db, x.ids)
 	}
 }
 
@@ -71,7 +72,7 @@ func (x *exchange) release(h *Handler) {
 // record per call (usage, counters, audit, delegation counts) handed to
 // the commit pipeline. With strict durability it waits, within ctx, until
 // the records are on disk.
-func (h *Handler) record(ctx context.Context, db *storage.DB, x *exchange) error {
+func (h *Handler) record(ctx context.Context, x *exchange) error {
 	if x.out.noAnswer {
 		releaseUnanswered(x.grants)
 	}
@@ -81,7 +82,7 @@ func (h *Handler) record(ctx context.Context, db *storage.DB, x *exchange) error
 		return nil
 	}
 	x.recorded = true
-	pending := h.persist(db, recs, x.ids)
+	pending := h.persist(x.db, recs, x.ids)
 	if h.durability != storage.Strict {
 		return nil
 	}

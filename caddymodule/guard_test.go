@@ -521,10 +521,9 @@ func TestRetryIsNotRefusedWhileAReuseIsBeingChecked(t *testing.T) {
 		t.Fatalf("first call: %s", b)
 	}
 
-	h := runningHandler(t)
 	key := string(storage.SpaceUsageSeen.SizedString("urn:asap:agent:demo", "urn:asap:agent:client", id))
 	other := sha256.Sum256([]byte("a different call under the same id"))
-	if !h.store.calls.claim(key, other) {
+	if !runningDatabase(t).calls.claim(key, other) {
 		t.Fatal("claim refused: nothing else is in flight")
 	}
 	_, b := post(t, s.url+"/asap", rpc("r2", orig))
@@ -537,8 +536,8 @@ func TestRetryIsNotRefusedWhileAReuseIsBeingChecked(t *testing.T) {
 	// The retry took no claim of its own: releasing the other call's
 	// claim empties the table, so a later different call is judged on
 	// the stored digest alone, and refused.
-	h.store.calls.release(key)
-	if n := len(h.store.calls.m); n != 0 {
+	runningDatabase(t).calls.release(key)
+	if n := len(runningDatabase(t).calls.m); n != 0 {
 		t.Fatalf("%d in-flight claims left after every call ended", n)
 	}
 	_, b = post(t, s.url+"/asap", rpc("r3", envelope(id, "echo", `{"text":"b"}`)))

@@ -112,12 +112,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case passThrough:
 		return next.ServeHTTP(w, r)
 	case webSocket:
+		db, err := h.store.Wait(r.Context(), storeWait)
+		if err != nil {
+			return h.storageUnavailable(w, err, nil)
+		}
 		if h.Delegation != config.DelegationOff {
-			if rej := h.authorizeUpgrade(r); rej != nil {
+			if rej := h.authorizeUpgrade(r, db); rej != nil {
 				return h.reject(w, http.StatusForbidden, delegationError(rej).JSON())
 			}
 		}
-		return h.serveWebSocket(w, r, next)
+		return h.serveWebSocket(w, r, next, db)
 	case wrongMethod:
 		w.Header().Set("Allow", http.MethodPost)
 		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",
@@ -130,14 +134,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	db, err := h.store.Wait(r.Context(), storeWait)
 	if err != nil {
-		h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
-		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
-			"the sidecar's storage is not available; retry later").WithID(singleID(req)).JSON())
+		return h.storageUnavailable(w, err, singleID(req))
 	}
 
-	x := &exchange{req: req}
+	x := &exchange{req: req, db: db}
 	x.grants, x.ids = h.admit(r, db, req)
-	defer x.release(h)
+	defer x.release()
 	if !req.Forwardable() {
 		return h.reject(w, http.StatusOK, localAnswer(req))
 	}
@@ -151,7 +153,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	cw, upstreamErr := h.forward(w, r.WithContext(ctx), next, x, sent)
 
 	x.settle(h.outcome(req, cw, upstreamErr))
-	storeErr := h.record(ctx, db, x)
+	storeErr := h.record(ctx, x)
 
 	return h.respond(cw, x, storeErr, upstreamErr)
 }
@@ -238,9 +240,16 @@ func (h *Handler) respond(cw *capture, x *exchange, storeErr, upstreamErr error)
 // policy with the request's chain, then envelope-id reuse. Refused calls
 // get their error; accepted ones hold delegation slots (grants) and a
 // claim on their id (ids), which the caller records or releases.
-func (h *Handler) admit(r *http.Request, db *storage.DB, req *protocol.Request) ([]grant, []callIdentity) {
-	grants := h.authorize(r, req)
+func (h *Handler) admit(r *http.Request, db *database, req *protocol.Request) ([]grant, []callIdentity) {
+	grants := h.authorize(r, db, req)
 	return grants, h.refuseReusedIDs(db, req, grants)
+}
+
+// storageUnavailable answers 503 when the database did not open.
+func (h *Handler) storageUnavailable(w http.ResponseWriter, err error, id json.RawMessage) error {
+	h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
+	return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
+		"the sidecar's storage is not available; retry later").WithID(id).JSON())
 }
 
 // detachedLimit bounds how long a call goes on after its client left.

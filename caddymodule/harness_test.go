@@ -314,15 +314,18 @@ func mustUnmarshalConfig(t testing.TB, b []byte) *caddy.Config {
 	return &cfg
 }
 
-// runningDB is the running handler's database.
-func runningDB(t testing.TB) *storage.DB {
+// runningDatabase is the running handler's open database.
+func runningDatabase(t testing.TB) *database {
 	t.Helper()
-	db, err := runningHandler(t).store.Wait(context.Background(), 5*time.Second)
+	d, err := runningHandler(t).store.Wait(context.Background(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return db
+	return d
 }
+
+// runningDB is the running handler's storage.
+func runningDB(t testing.TB) *storage.DB { return runningDatabase(t).db }
 
 // usageEvents returns every stored usage event, by envelope id.
 func usageEvents(t testing.TB, db *storage.DB) map[string]metering.Event {

@@ -95,7 +95,7 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		api.Error(w, http.StatusUnauthorized, "Invalid authentication token")
 		return nil
 	}
-	h, err := p.app.apiHandler(r.Context(), p.Storage)
+	h, d, err := p.app.apiHandler(r.Context(), p.Storage)
 	if err != nil {
 		var ae caddy.APIError
 		if errors.As(err, &ae) {
@@ -106,13 +106,13 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	switch {
 	case strings.HasPrefix(r.URL.Path, "/usage"):
-		api.Usage(w, r, r.URL.Path, h.usageStore())
+		api.Usage(w, r, r.URL.Path, h.usage(d))
 	case strings.HasPrefix(r.URL.Path, "/audit"):
-		api.Audit(w, r, r.URL.Path, auditService{h})
+		api.Audit(w, r, r.URL.Path, auditService{h, d})
 	case strings.HasPrefix(r.URL.Path, "/sla"), strings.HasPrefix(r.URL.Path, "/agents/"):
-		api.SLA(w, r, r.URL.Path, slaService{p.app, h})
+		api.SLA(w, r, r.URL.Path, slaService{p.app, h, d})
 	default:
-		api.Delegations(w, r, r.URL.Path, delegationService{h})
+		api.Delegations(w, r, r.URL.Path, delegationService{h, d})
 	}
 	return nil
 }

@@ -175,9 +175,9 @@ func usageRecord(e *metering.Event) audit.Record {
 // outcome counters, usage events and audit entries go in one transaction.
 // Prometheus sees an event once its write is done, and a deduplicated
 // retry never.
-func (h *Handler) persist(db *storage.DB, recs []callRecord, ids []callIdentity) *storage.Pending {
-	meter := metering.New(db, h.Retention.Std())
-	log := h.store.audit
+func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *storage.Pending {
+	meter := h.usage(d)
+	log := d.audit
 	recorded := make([]bool, len(recs))
 	now := time.Now()
 	write := func(tx *storage.Tx) error {
@@ -220,7 +220,7 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord, ids []callIdentity)
 		for i := range recs {
 			recs[i].reservation.Finish()
 		}
-		h.releaseIdentities(ids)
+		releaseIdentities(d, ids)
 		if err != nil {
 			return
 		}
@@ -230,5 +230,5 @@ func (h *Handler) persist(db *storage.DB, recs []callRecord, ids []callIdentity)
 			}
 		}
 	}
-	return db.SubmitThen(h.durability, write, then)
+	return d.db.SubmitThen(h.durability, write, then)
 }

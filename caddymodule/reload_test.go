@@ -36,7 +36,7 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened0 := runningHandler(t).store.openedAt
+	opened0 := db0.openedAt
 
 	stop := make(chan struct{})
 	var ok, errorAnswers, retries atomic.Int64
@@ -88,11 +88,11 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if db1 != db0 || h.store.openedAt != opened0 {
+	if db1 != db0 || db1.openedAt != opened0 {
 		t.Fatal("reload reopened the database")
 	}
-	c, _ := metering.CountsOf(db1, "urn:asap:agent:demo")
-	evs := usageEvents(t, db1)
+	c, _ := metering.CountsOf(db1.db, "urn:asap:agent:demo")
+	evs := usageEvents(t, db1.db)
 	if errorAnswers.Load() != 0 || ok.Load() == 0 || c.Forwarded != uint64(ok.Load()) || len(evs) != int(ok.Load()) {
 		t.Fatalf("ok %d, error answers %d, counted %d, events %d", ok.Load(), errorAnswers.Load(), c.Forwarded, len(evs))
 	}
@@ -135,11 +135,11 @@ func TestRestartKeepsRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := metering.CountsOf(db, "urn:asap:agent:demo")
+	c, _ := metering.CountsOf(db.db, "urn:asap:agent:demo")
 	if c.Forwarded != 5 {
 		t.Fatalf("after restart counts = %+v", c)
 	}
-	if evs := usageEvents(t, db); len(evs) != 5 || evs["01JRESTART0000000000000004"].TaskID == "" {
+	if evs := usageEvents(t, db.db); len(evs) != 5 || evs["01JRESTART0000000000000004"].TaskID == "" {
 		t.Fatalf("after restart events = %+v", evs)
 	}
 }

@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -70,12 +69,12 @@ type callIdentity struct {
 // stored or in flight, and releases its delegation slots. It returns the
 // identities it claimed, by call index; the caller releases them once
 // the usage is stored.
-func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants []grant) []callIdentity {
+func (h *Handler) refuseReusedIDs(d *database, req *protocol.Request, grants []grant) []callIdentity {
 	if !h.metering {
 		return nil
 	}
 	var ids []callIdentity
-	meter := metering.New(db, h.Retention.Std())
+	meter := h.usage(d)
 	for i := range req.Calls {
 		c := &req.Calls[i]
 		env := &c.Envelope
@@ -87,7 +86,7 @@ func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants 
 		}
 		agent := h.agentOf(env)
 		id := callIdentity{key: string(storage.SpaceUsageSeen.SizedString(agent, env.Sender, env.ID)), digest: sha256.Sum256(env.Raw)}
-		id.claimed = h.store.calls.claim(id.key, id.digest)
+		id.claimed = d.calls.claim(id.key, id.digest)
 		stored, ok, err := meter.Seen(agent, env.Sender, env.ID)
 		if err != nil {
 			h.logger.Warn("reading a dedup marker; the call goes on", zap.String("envelope_id", env.ID), zap.Error(err))
@@ -102,7 +101,7 @@ func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants 
 			reused = true
 		}
 		if reused && id.claimed {
-			h.store.calls.release(id.key)
+			d.calls.release(id.key)
 		}
 		if reused {
 			c.Err = protocol.NewError(protocol.CodeInvalidRequest, "envelope_id_reused",
@@ -117,10 +116,10 @@ func (h *Handler) refuseReusedIDs(db *storage.DB, req *protocol.Request, grants 
 }
 
 // releaseIdentities gives back what refuseReusedIDs claimed.
-func (h *Handler) releaseIdentities(ids []callIdentity) {
+func releaseIdentities(d *database, ids []callIdentity) {
 	for _, id := range ids {
 		if id.claimed {
-			h.store.calls.release(id.key)
+			d.calls.release(id.key)
 		}
 	}
 }

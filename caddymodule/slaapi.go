@@ -15,6 +15,7 @@ import (
 type slaService struct {
 	app *App
 	h   *Handler
+	db  *database
 }
 
 func (s slaService) Trackers() map[string]*sla.Tracker {
@@ -23,7 +24,7 @@ func (s slaService) Trackers() map[string]*sla.Tracker {
 		if h.store != s.h.store {
 			continue
 		}
-		if t := h.slaTracker(); t != nil {
+		if t := h.slaTracker(s.db); t != nil {
 			out[h.Agent] = t
 		}
 	}
@@ -31,11 +32,11 @@ func (s slaService) Trackers() map[string]*sla.Tracker {
 }
 
 func (s slaService) Breaches(f sla.BreachFilter) ([]sla.Breach, error) {
-	return sla.Breaches(s.h.store.db, f)
+	return sla.Breaches(s.db.db, f)
 }
 
 func (s slaService) History(agent string, start, end time.Time, limit, offset int) ([]sla.Metrics, int, error) {
-	return sla.History(s.h.store.db, agent, start, end, limit, offset)
+	return sla.History(s.db.db, agent, start, end, limit, offset)
 }
 
 func (s slaService) Subscribe() (<-chan api.Notice, func()) {

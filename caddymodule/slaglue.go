@@ -54,7 +54,7 @@ func (s *trackers) closeAll() error {
 
 // tracker returns the agent's tracker, creating it on first use and
 // applying cfg and sink either way.
-func (sh *shared) tracker(cfg sla.Config, sink *alertSink) (*sla.Tracker, error) {
+func (sh *database) tracker(cfg sla.Config, sink *alertSink) (*sla.Tracker, error) {
 	sh.slas.mu.Lock()
 	defer sh.slas.mu.Unlock()
 	if sh.slas.byID == nil {
@@ -145,24 +145,24 @@ func (h *Handler) healthInterval() time.Duration {
 	return config.DefaultHealthEvery
 }
 
-func (h *Handler) alertSink() *alertSink {
+func (h *Handler) alertSink(d *database) *alertSink {
 	s := &alertSink{logger: h.logger.Named("sla")}
 	for _, a := range h.Alerts {
 		s.webhooks = append(s.webhooks, a.Webhook)
 	}
 	if h.audit {
-		s.audit = h.store.audit
+		s.audit = d.audit
 	}
 	return s
 }
 
-// slaTracker is the handler's tracker (nil without an agent name, or
-// before the database is open).
-func (h *Handler) slaTracker() *sla.Tracker {
+// slaTracker is the handler's tracker, kept in d (nil without an agent
+// name or a database).
+func (h *Handler) slaTracker(d *database) *sla.Tracker {
 	if t := h.trackerRef.Load(); t != nil {
 		return t
 	}
-	if h.Agent == "" || h.store.shared == nil {
+	if h.Agent == "" || d == nil {
 		return nil
 	}
 	h.trackerMu.Lock()
@@ -170,7 +170,7 @@ func (h *Handler) slaTracker() *sla.Tracker {
 	if t := h.trackerRef.Load(); t != nil {
 		return t
 	}
-	t, err := h.store.tracker(h.slaConfig(), h.alertSink())
+	t, err := d.tracker(h.slaConfig(), h.alertSink(d))
 	if err != nil {
 		h.logger.Error("opening the SLA tracker", zap.Error(err))
 		return nil
@@ -183,7 +183,7 @@ func (h *Handler) slaTracker() *sla.Tracker {
 // forwarded call, and a failed availability sample when the agent could
 // not be reached (a passive health check).
 func (h *Handler) observe(x *exchange) {
-	t := h.slaTracker()
+	t := h.slaTracker(x.db)
 	if t == nil {
 		return
 	}
@@ -290,7 +290,7 @@ func (h *Handler) checkHealth(ctx context.Context) (up, known bool) {
 
 // refreshManifest reads the agent's manifest through the route and applies
 // its sla block; it returns when to read it again (its ttl_seconds).
-func (h *Handler) refreshManifest(ctx context.Context) time.Duration {
+func (h *Handler) refreshManifest(ctx context.Context, d *database) time.Duration {
 	status, body, err := h.fetch(ctx, "/.well-known/asap/manifest.json")
 	if errors.Is(err, errNoUpstreamYet) {
 		return 2 * time.Second
@@ -305,7 +305,7 @@ func (h *Handler) refreshManifest(ctx context.Context) time.Duration {
 		return ttl
 	}
 	h.manifestSLA.Store(&def)
-	if t := h.slaTracker(); t != nil {
+	if t := h.slaTracker(d); t != nil {
 		t.Configure(h.slaConfig())
 	}
 	return ttl
@@ -317,10 +317,11 @@ func (h *Handler) slaLoop(stop <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { <-stop; cancel() }()
-	if _, err := h.store.Wait(ctx, time.Minute); err != nil {
+	d, err := h.store.Wait(ctx, time.Minute)
+	if err != nil {
 		return
 	}
-	if t := h.slaTracker(); t != nil {
+	if t := h.slaTracker(d); t != nil {
 		t.Configure(h.slaConfig()) // a reload's new options
 	}
 	health := time.NewTicker(h.healthInterval())
@@ -333,12 +334,12 @@ func (h *Handler) slaLoop(stop <-chan struct{}) {
 			return
 		case <-health.C:
 			if up, known := h.checkHealth(ctx); known {
-				if t := h.slaTracker(); t != nil {
+				if t := h.slaTracker(d); t != nil {
 					t.Health(up)
 				}
 			}
 		case <-manifest.C:
-			manifest.Reset(h.refreshManifest(ctx))
+			manifest.Reset(h.refreshManifest(ctx, d))
 		}
 	}
 }

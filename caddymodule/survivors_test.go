@@ -56,7 +56,7 @@ func TestUnansweredCallLeavesNoCountOnDisk(t *testing.T) {
 	if n, err := fresh.UsedByHash(delegation.HashOf(token)); err != nil || n != 0 {
 		t.Fatalf("stored task count after an unanswered call: %d %v, want 0", n, err)
 	}
-	if n, _ := runningHandler(t).store.ledger.UsedByHash(delegation.HashOf(token)); n != 0 {
+	if n, _ := runningDatabase(t).ledger.UsedByHash(delegation.HashOf(token)); n != 0 {
 		t.Fatalf("live task count after an unanswered call: %d, want 0", n)
 	}
 }
@@ -115,9 +115,9 @@ func TestCheckpointLoopSignsOnEachTick(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		post(t, s.url+"/asap", rpc("r", envelope(fmt.Sprintf("01JCHECKPOINT00000000000%02d", i), "echo", `{}`)))
 	}
-	h := runningHandler(t)
+	h, d := runningHandler(t), runningDatabase(t)
 	tick, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
-	go func() { h.checkpointLoop(stop, tick); close(done) }()
+	go func() { h.checkpointLoop(stop, tick, d); close(done) }()
 	send := func() {
 		t.Helper()
 		select {
@@ -132,7 +132,7 @@ func TestCheckpointLoopSignsOnEachTick(t *testing.T) {
 	if code := getJSON(t, "http://"+s.adminAddr+"/asap/audit/verify", &v); code != 200 || v.Size == 0 {
 		t.Fatalf("verify: %d %+v", code, v)
 	}
-	note, size, err := h.store.audit.LatestCheckpoint()
+	note, size, err := d.audit.LatestCheckpoint()
 	if err != nil || size != v.Size || !strings.Contains(string(note), "urn:asap:agent:demo/audit") {
 		t.Fatalf("latest checkpoint at size %d (%v), log size %d:\n%s", size, err, v.Size, note)
 	}

@@ -16,7 +16,6 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
-	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // WebSocket limits. A socket holds at most wsMaxPending calls the agent
@@ -53,7 +52,7 @@ type wsCall struct {
 type wsSession struct {
 	h      *Handler
 	r      *http.Request // the handshake: its token authorizes each frame
-	db     *storage.DB
+	db     *database
 	client *websocket.Conn
 	agent  *websocket.Conn
 
@@ -74,12 +73,7 @@ type wsSession struct {
 
 // serveWebSocket dials the agent through the route, accepts the client
 // and proxies frames until either side closes.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	db, err := h.store.Wait(r.Context(), storeWait)
-	if err != nil {
-		return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
-			"the sidecar's storage is not available; retry later").JSON())
-	}
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, db *database) error {
 	// The tunnel to the agent lives until this session ends, past a
 	// client that left (drain); the timeout bounds the handshake only.
 	tunnel, endTunnel := context.WithCancel(context.WithoutCancel(r.Context()))
@@ -260,7 +254,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 	if req.Batch {
 		if refused := refusedAnswers(req); refused != nil {
 			if !s.send(ctx, refused) {
-				h.releaseIdentities(ids)
+				releaseIdentities(s.db, ids)
 				releaseUnanswered(grants)
 				return false
 			}
@@ -283,7 +277,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 				<-s.slots
 			}
 			releaseUnanswered(grants)
-			h.releaseIdentities(ids)
+			releaseIdentities(s.db, ids)
 			return false
 		}
 		wc := &wsCall{call: c, grant: grants[i], started: now}
@@ -351,7 +345,7 @@ func (s *wsSession) slaControl(ctx context.Context, c *protocol.Call) ([]byte, b
 		s.notifyOnce.Do(func() {
 			// Subscribed before the answer goes out: no breach after it
 			// is missed.
-			notices, cancel := slaService{s.h.app, s.h}.Subscribe()
+			notices, cancel := slaService{s.h.app, s.h, s.db}.Subscribe()
 			go s.pushNotifications(ctx, notices, cancel)
 		})
 		result = `{"subscribed":true}`
@@ -477,6 +471,7 @@ func (s *wsSession) failPending() {
 // counts.
 func (s *wsSession) record(ctx context.Context, calls []*wsCall, out outcome) error {
 	x := &exchange{
+		db:      s.db,
 		req:     &protocol.Request{Batch: true, Calls: make([]protocol.Call, len(calls))},
 		grants:  make([]grant, len(calls)),
 		ids:     make([]callIdentity, len(calls)),
@@ -490,8 +485,8 @@ func (s *wsSession) record(ctx context.Context, calls []*wsCall, out outcome) er
 	}
 	x.elapsed = time.Since(x.started)
 	x.settle(out)
-	defer x.release(s.h)
-	err := s.h.record(ctx, s.db, x)
+	defer x.release()
+	err := s.h.record(ctx, x)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
