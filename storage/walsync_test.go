@@ -91,19 +91,34 @@ func TestSyncFollowsMemtableRotation(t *testing.T) {
 			t.Fatal("no memtable rotation after 128 MiB of writes")
 		}
 	}
+	before := db.logs.mem.f
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
 	now := memLogs(t, dir)
 	got := synced()
-	if !slices.Contains(got, old) || !slices.Contains(got, now[len(now)-1]) {
-		t.Fatalf("sync after rotation synced %v; want the old log %s and the new %s", got, old, now[len(now)-1])
+	// The old log once (it may have taken writes since), the new one, the
+	// value log: nothing twice.
+	if len(got) != 3 || got[0] != old || got[1] != now[len(now)-1] {
+		t.Fatalf("sync after rotation synced %v; want the old log %s, the new %s and the value log", got, old, now[len(now)-1])
+	}
+	if before.Fd() != ^uintptr(0) {
+		t.Fatal("the old log's handle is still open")
 	}
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
 	if got := synced(); slices.Contains(got, old) || !slices.Contains(got, now[len(now)-1]) {
 		t.Fatalf("sync after that synced %v; want the new log %s only", got, now[len(now)-1])
+	}
+	held := []*os.File{db.logs.mem.f, db.logs.vl.f}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range held {
+		if f.Fd() != ^uintptr(0) {
+			t.Fatalf("%s is still open after Close", f.Name())
+		}
 	}
 }
 
