@@ -143,3 +143,44 @@ func TestSyncReportsFsyncFailure(t *testing.T) {
 		t.Fatalf("sync after the disk recovered: %v", err)
 	}
 }
+
+// A sync that fails on a log Badger rotated to fails as a whole, and the
+// next sync takes that log again.
+func TestSyncRetriesARotatedLogItFailedOn(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	old := memLogs(t, dir)
+	for i := 0; memLogs(t, dir)[len(memLogs(t, dir))-1] == old[len(old)-1]; i++ {
+		if err := db.bdb.Update(func(txn *badger.Txn) error {
+			return txn.Set(fmt.Appendf(nil, "k%08d", i), make([]byte, 64<<10))
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newest := memLogs(t, dir)[len(memLogs(t, dir))-1]
+	db.logs.mu.Lock()
+	db.logs.fsync = func(f *os.File) error {
+		if filepath.Base(f.Name()) == newest {
+			return os.ErrInvalid
+		}
+		return fdatasync(f)
+	}
+	db.logs.mu.Unlock()
+	if err := db.Sync(); err == nil {
+		t.Fatalf("sync succeeded though %s could not be synced", newest)
+	}
+	synced := recordingSyncer(t, db)
+	if err := db.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := synced(); !slices.Contains(got, newest) {
+		t.Fatalf("the sync after the failure synced %v, not %s", got, newest)
+	}
+}
