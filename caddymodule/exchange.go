@@ -31,9 +31,8 @@ type exchange struct {
 
 // callResult is what the agent's answer means for one forwarded call.
 type callResult struct {
-	reply    protocol.Reply
-	answered bool // a reply for this call was found
-	failed   bool
+	reply  protocol.Reply
+	failed bool
 }
 
 // settle takes the agent's answer (or its absence) and works out every
@@ -48,8 +47,7 @@ func (x *exchange) settle(out outcome) {
 		}
 		rep, answered := replyFor(x.req, c, out.replies)
 		x.results[i] = callResult{
-			reply:    rep,
-			answered: answered,
+			reply: rep,
 			// Failed: the agent was not reached or answered 5xx or
 			// garbage, left the call unanswered (in an answer small
 			// enough to read whole), or answered a JSON-RPC error or a
