@@ -45,6 +45,32 @@ func memLogs(t *testing.T, dir string) []string {
 	return m
 }
 
+// newestMemLog is the memtable log Badger writes to now.
+func newestMemLog(t *testing.T, dir string) string {
+	t.Helper()
+	m := memLogs(t, dir)
+	return m[len(m)-1]
+}
+
+// writeUntilRotation writes 64 KiB values until Badger starts a new
+// memtable log, and returns its name.
+func writeUntilRotation(t *testing.T, db *DB) string {
+	t.Helper()
+	old := newestMemLog(t, db.dir)
+	for i := 0; i < 2000; i++ {
+		if err := db.bdb.Update(func(txn *badger.Txn) error {
+			return txn.Set(fmt.Appendf(nil, "k%08d", i), make([]byte, 64<<10))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if now := newestMemLog(t, db.dir); now != old {
+			return now
+		}
+	}
+	t.Fatal("no memtable rotation after 128 MiB of writes")
+	return ""
+}
+
 // A sync covers the memtable log Badger writes to, and after Badger
 // rotated to a new one, the old one too (it may have taken writes since
 // the last sync, and Badger's own Sync would have skipped it) — then only
@@ -57,50 +83,30 @@ func TestSyncFollowsMemtableRotation(t *testing.T) {
 	}
 	defer db.Close()
 	synced := recordingSyncer(t, db)
-	put := func(i int) {
-		t.Helper()
-		if err := db.bdb.Update(func(txn *badger.Txn) error {
-			return txn.Set(fmt.Appendf(nil, "k%08d", i), make([]byte, 64<<10))
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put(0)
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	first := memLogs(t, dir)
-	if got := synced(); !slices.Contains(got, first[len(first)-1]) {
-		t.Fatalf("first sync synced %v, not the memtable log %v", got, first)
+	old := newestMemLog(t, dir)
+	if got := synced(); !slices.Contains(got, old) {
+		t.Fatalf("first sync synced %v, not the memtable log %s", got, old)
 	}
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if got := synced(); len(got) != 2 || got[0] != first[len(first)-1] {
+	if got := synced(); len(got) != 2 || got[0] != old {
 		// The current memtable log and the value log, nothing else.
-		t.Fatalf("steady sync synced %v, want the memtable log %s and the value log", got, first[len(first)-1])
+		t.Fatalf("steady sync synced %v, want the memtable log %s and the value log", got, old)
 	}
-	// Write until Badger starts a new memtable log.
-	old := first[len(first)-1]
-	for i := 1; ; i++ {
-		put(i)
-		if now := memLogs(t, dir); now[len(now)-1] != old {
-			break
-		}
-		if i > 2000 {
-			t.Fatal("no memtable rotation after 128 MiB of writes")
-		}
-	}
+	newest := writeUntilRotation(t, db)
 	before := db.logs.mem.f
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	now := memLogs(t, dir)
 	got := synced()
 	// The old log once (it may have taken writes since), the new one, the
 	// value log: nothing twice.
-	if len(got) != 3 || got[0] != old || got[1] != now[len(now)-1] {
-		t.Fatalf("sync after rotation synced %v; want the old log %s, the new %s and the value log", got, old, now[len(now)-1])
+	if len(got) != 3 || got[0] != old || got[1] != newest {
+		t.Fatalf("sync after rotation synced %v; want the old log %s, the new %s and the value log", got, old, newest)
 	}
 	if before.Fd() != ^uintptr(0) {
 		t.Fatal("the old log's handle is still open")
@@ -108,8 +114,8 @@ func TestSyncFollowsMemtableRotation(t *testing.T) {
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if got := synced(); slices.Contains(got, old) || !slices.Contains(got, now[len(now)-1]) {
-		t.Fatalf("sync after that synced %v; want the new log %s only", got, now[len(now)-1])
+	if got := synced(); slices.Contains(got, old) || !slices.Contains(got, newest) {
+		t.Fatalf("sync after that synced %v; want the new log %s only", got, newest)
 	}
 	held := []*os.File{db.logs.mem.f, db.logs.vl.f}
 	if err := db.Close(); err != nil {
@@ -156,15 +162,7 @@ func TestSyncRetriesARotatedLogItFailedOn(t *testing.T) {
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	old := memLogs(t, dir)
-	for i := 0; memLogs(t, dir)[len(memLogs(t, dir))-1] == old[len(old)-1]; i++ {
-		if err := db.bdb.Update(func(txn *badger.Txn) error {
-			return txn.Set(fmt.Appendf(nil, "k%08d", i), make([]byte, 64<<10))
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	newest := memLogs(t, dir)[len(memLogs(t, dir))-1]
+	newest := writeUntilRotation(t, db)
 	db.logs.mu.Lock()
 	db.logs.fsync = func(f *os.File) error {
 		if filepath.Base(f.Name()) == newest {
