@@ -17,10 +17,32 @@ import (
 // function's own staged writes, then everything committed or applied before
 // it (including earlier writers of the same group).
 type Tx struct {
-	txn  *badger.Txn
-	ops  []op
-	idx  map[string]int // key → index in ops of its latest write
+	txn *badger.Txn
+	ops []op
+	// idx maps a key to its index in ops once ops outgrow a linear scan:
+	// most writers stage a dozen keys, and a map per writer was the
+	// largest allocation of the commit loop.
+	idx  map[string]int
 	size int
+}
+
+// scanOps is how many staged writes a Tx searches linearly.
+const scanOps = 16
+
+// find is the index in ops of key's staged write, or -1.
+func (tx *Tx) find(key []byte) int {
+	if tx.idx != nil {
+		if i, ok := tx.idx[string(key)]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range tx.ops {
+		if bytes.Equal(tx.ops[i].key, key) {
+			return i
+		}
+	}
+	return -1
 }
 
 type op struct {
@@ -31,7 +53,7 @@ type op struct {
 
 // Get returns the value at key, or ErrNotFound.
 func (tx *Tx) Get(key []byte) ([]byte, error) {
-	if i, ok := tx.idx[string(key)]; ok {
+	if i := tx.find(key); i >= 0 {
 		if tx.ops[i].del {
 			return nil, ErrNotFound
 		}
@@ -86,17 +108,25 @@ func (tx *Tx) GetUint64(key []byte) (uint64, error) {
 }
 
 func (tx *Tx) put(o op) {
-	if tx.idx == nil {
-		tx.idx = make(map[string]int, 4)
-	}
 	// Badger counts about this much per entry against its batch limit.
 	tx.size += len(o.key) + len(o.val) + 32
-	if i, ok := tx.idx[string(o.key)]; ok {
+	if i := tx.find(o.key); i >= 0 {
 		tx.ops[i] = o
 		return
 	}
-	tx.idx[string(o.key)] = len(tx.ops)
+	if tx.ops == nil {
+		tx.ops = make([]op, 0, scanOps)
+	}
 	tx.ops = append(tx.ops, o)
+	switch {
+	case tx.idx != nil:
+		tx.idx[string(o.key)] = len(tx.ops) - 1
+	case len(tx.ops) > scanOps:
+		tx.idx = make(map[string]int, 2*len(tx.ops))
+		for i := range tx.ops {
+			tx.idx[string(tx.ops[i].key)] = i
+		}
+	}
 }
 
 // maxKeySize is Badger's limit on keys.

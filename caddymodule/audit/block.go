@@ -94,7 +94,11 @@ var blockDict = s2.NewDict(append([]byte{0}, ""+
 var errCorrupt = errors.New("corrupt")
 
 func (b *block) encode() ([]byte, error) {
-	raw := make([]byte, 0, 256*len(b.items))
+	size := len(b.prev) + len(b.ts) + 2*binary.MaxVarintLen32
+	for _, it := range b.items {
+		size += 1 + len(it.op) + len(it.agent) + len(it.details) + len(it.tag) + 3*binary.MaxVarintLen32
+	}
+	raw := make([]byte, 0, size)
 	raw = appendBytes(raw, b.prev)
 	raw = appendBytes(raw, []byte(b.ts))
 	for _, it := range b.items {
