@@ -152,3 +152,27 @@ func TestMembers(t *testing.T) {
 		}
 	}
 }
+
+// Answers the scanner leaves to encoding/json are read all the same, and
+// an envelope encoding/json refuses (a payload that is not an object)
+// gives nothing, whichever reader met it.
+func TestParseResponseFallsBackToTheDecoder(t *testing.T) {
+	notUTF8 := "{\"result\":{\"envelope\":{\"payload_type\":\"task.response\",\"note\":\"\xff\",\"payload\":{\"task_id\":\"t9\",\"status\":\"failed\"}}},\"id\":1}"
+	rs, err := ParseResponse([]byte(notUTF8))
+	if err != nil || len(rs) != 1 || rs[0].TaskID != "t9" || rs[0].Status != "failed" || rs[0].PayloadType != TypeTaskResponse {
+		t.Fatalf("answer with invalid UTF-8: %+v %v", rs, err)
+	}
+	for _, body := range []string{
+		`{"result":{"envelope":{"payload_type":"task.response","payload":"x"}},"id":1}`,
+		"{\"result\":{\"envelope\":{\"payload_type\":\"task.response\",\"n\":\"\xff\",\"payload\":[1]}},\"id\":1}",
+	} {
+		rs, err := ParseResponse([]byte(body))
+		if err != nil || len(rs) != 1 || rs[0].PayloadType != "" || rs[0].TaskID != "" {
+			t.Fatalf("%q: an unreadable envelope gave %+v %v", body, rs, err)
+		}
+	}
+	sse := "data: {\"payload_type\":\"task.stream\",\"x\":\"\xff\",\"payload\":{\"task_id\":\"s1\",\"final\":true}}\n\n"
+	if rs := ParseSSE([]byte(sse)); len(rs) != 1 || rs[0].TaskID != "s1" || !rs[0].Final {
+		t.Fatalf("SSE event with invalid UTF-8: %+v", rs)
+	}
+}
