@@ -94,9 +94,10 @@ var blockDict = s2.NewDict(append([]byte{0}, ""+
 var errCorrupt = errors.New("corrupt")
 
 func (b *block) encode() ([]byte, error) {
-	size := len(b.prev) + len(b.ts) + 2*binary.MaxVarintLen32
+	// A capacity hint: room for every item without growing.
+	size := 96
 	for _, it := range b.items {
-		size += 1 + len(it.op) + len(it.agent) + len(it.details) + len(it.tag) + 3*binary.MaxVarintLen32
+		size += len(it.agent) + len(it.details) + 64
 	}
 	raw := make([]byte, 0, size)
 	raw = appendBytes(raw, b.prev)

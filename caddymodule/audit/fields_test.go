@@ -11,7 +11,9 @@ import (
 func TestFieldsMatchMapDetails(t *testing.T) {
 	strs := []string{"", "plain", "urn:asap:agent:demo", "quote \" back \\ nl \n tab \t", "\x01\x1f ctl", "é ü 日本", "bad \xff utf8", "01JD0000000000000000000000"}
 	nums := []int64{0, -1, 150, 1 << 53, -(1 << 53), 1<<53 + 1, -(1<<53 + 1)}
-	keys := []string{"task_id", "envelope_id", "agent", "consumer", "status", "http_status", "duration_ms", "a", "B", "z_", "é", "tokens_in"}
+	// "｡" (U+FF61) sorts before "😀" (U+1F600) by bytes but after it by
+	// UTF-16 units, the order JCS uses.
+	keys := []string{"task_id", "envelope_id", "agent", "consumer", "status", "http_status", "duration_ms", "a", "B", "z_", "é", "tokens_in", "｡", "😀"}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 5000; i++ {
 		var f Fields
