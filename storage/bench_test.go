@@ -144,14 +144,14 @@ func benchTxnPerTask(b *testing.B, counters bool) {
 	b.ReportMetric(float64(conflicts.Load())/float64(b.N), "retries/task")
 }
 
-// BenchmarkStrictGroupCommit is the strict path alone: 16 and 64
+// BenchmarkStrictGroupCommit is the strict path alone: 1, 16 and 64
 // concurrent writers, each waiting until its task record and counters are
 // synced. It reports tasks/s and how many fsyncs (Badger Syncs) each task
 // cost — the figure group commit exists to push far below 1.
 //
 //	go test -run '^$' -bench StrictGroupCommit ./storage
 func BenchmarkStrictGroupCommit(b *testing.B) {
-	for _, writers := range []int{16, 64} {
+	for _, writers := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
 			var syncs atomic.Uint64
 			db, err := open(Options{Dir: b.TempDir()}, deps{sync: func(real func() error, _ *badger.DB) error {

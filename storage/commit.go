@@ -24,6 +24,9 @@ type Tx struct {
 	// largest allocation of the commit loop.
 	idx  map[string]int
 	size int
+	// maxVal is the largest value staged: values from Badger's
+	// ValueThreshold up go to the value log, which must then be synced.
+	maxVal int
 }
 
 // scanOps is how many staged writes a Tx searches linearly.
@@ -110,6 +113,7 @@ func (tx *Tx) GetUint64(key []byte) (uint64, error) {
 func (tx *Tx) put(o op) {
 	// Badger counts about this much per entry against its batch limit.
 	tx.size += len(o.key) + len(o.val) + 32
+	tx.maxVal = max(tx.maxVal, len(o.val))
 	if i := tx.find(o.key); i >= 0 {
 		tx.ops[i] = o
 		return
@@ -274,6 +278,10 @@ func (db *DB) commitGroup(batch []*pending) {
 			txn = db.bdb.NewTransaction(true)
 			inTxn, size, count = inTxn[:0], 0, 0
 			continue
+		}
+		if int64(tx.maxVal) >= db.vlogThreshold {
+			// Set before the commit, so the sync of this group sees it.
+			db.logs.vlogWritten.Store(true)
 		}
 		inTxn = append(inTxn, p)
 		size += int64(tx.size)

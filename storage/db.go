@@ -55,6 +55,9 @@ type DB struct {
 	// Sync, unless a test in this package replaced it (see deps).
 	syncFn func() error
 	logs   *logSyncer
+	// vlogThreshold is Badger's ValueThreshold: values this large or
+	// larger are written to the value log.
+	vlogThreshold int64
 	// flushTicker starts the flush loop's ticker.
 	flushTicker func(time.Duration) (<-chan time.Time, func())
 }
@@ -143,8 +146,9 @@ func open(opts Options, d deps) (*DB, error) {
 		syncQ:  make(chan []*pending, 1024),
 		stop:   make(chan struct{}),
 
-		logs:        newLogSyncer(opts.Dir),
-		flushTicker: realTicker,
+		logs:          newLogSyncer(opts.Dir),
+		vlogThreshold: bopts.ValueThreshold,
+		flushTicker:   realTicker,
 	}
 	db.syncFn = db.logs.Sync
 	if d.sync != nil {
@@ -229,6 +233,8 @@ func (db *DB) gcLoop() {
 		case <-t.C:
 			// Rewrite value log files until none is worth it.
 			for db.bdb.RunValueLogGC(0.5) == nil {
+				// GC moved live values to the newest value log file.
+				db.logs.vlogWritten.Store(true)
 				select {
 				case <-db.stop:
 					return

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,9 +94,10 @@ func TestSyncFollowsMemtableRotation(t *testing.T) {
 	if err := db.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if got := synced(); len(got) != 2 || got[0] != old {
-		// The current memtable log and the value log, nothing else.
-		t.Fatalf("steady sync synced %v, want the memtable log %s and the value log", got, old)
+	if got := synced(); len(got) != 1 || got[0] != old {
+		// The current memtable log, nothing else: the value log took no
+		// writes.
+		t.Fatalf("steady sync synced %v, want the memtable log %s only", got, old)
 	}
 	newest := writeUntilRotation(t, db)
 	before := db.logs.mem.f
@@ -103,10 +105,10 @@ func TestSyncFollowsMemtableRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := synced()
-	// The old log once (it may have taken writes since), the new one, the
-	// value log: nothing twice.
-	if len(got) != 3 || got[0] != old || got[1] != newest {
-		t.Fatalf("sync after rotation synced %v; want the old log %s, the new %s and the value log", got, old, newest)
+	// The old log once (it may have taken writes since) and the new one:
+	// nothing twice.
+	if len(got) != 2 || got[0] != old || got[1] != newest {
+		t.Fatalf("sync after rotation synced %v; want the old log %s and the new %s", got, old, newest)
 	}
 	if before.Fd() != ^uintptr(0) {
 		t.Fatal("the old log's handle is still open")
@@ -180,5 +182,62 @@ func TestSyncRetriesARotatedLogItFailedOn(t *testing.T) {
 	}
 	if got := synced(); !slices.Contains(got, newest) {
 		t.Fatalf("the sync after the failure synced %v, not %s", got, newest)
+	}
+}
+
+// The value log is synced only after a write large enough to go there
+// (Badger's ValueThreshold and up), and then until a sync of it succeeds.
+func TestSyncTakesTheValueLogAfterALargeValue(t *testing.T) {
+	db, err := Open(Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	synced := recordingSyncer(t, db)
+	vlog := func(files []string) bool {
+		return slices.ContainsFunc(files, func(f string) bool { return filepath.Ext(f) == ".vlog" })
+	}
+	write := func(size int64) []string {
+		t.Helper()
+		if err := db.Commit(context.Background(), Strict, func(tx *Tx) error {
+			tx.Set([]byte("big"), make([]byte, size))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return synced()
+	}
+	if got := write(db.vlogThreshold - 1); vlog(got) {
+		t.Fatalf("a value below the threshold synced %v", got)
+	}
+	if got := write(db.vlogThreshold); !vlog(got) {
+		t.Fatalf("a value at the threshold synced %v, not the value log", got)
+	}
+	if got := write(1); vlog(got) {
+		t.Fatalf("the value log was synced again after a small write: %v", got)
+	}
+
+	// A failed sync of the value log is retried by the next sync.
+	db.logs.vlogWritten.Store(true)
+	db.logs.mu.Lock()
+	db.logs.fsync = func(f *os.File) error {
+		if filepath.Ext(f.Name()) == ".vlog" {
+			return os.ErrInvalid
+		}
+		return fdatasync(f)
+	}
+	db.logs.mu.Unlock()
+	if err := db.Sync(); err == nil {
+		t.Fatal("sync succeeded though the value log could not be synced")
+	}
+	synced = recordingSyncer(t, db)
+	if err := db.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := synced(); !vlog(got) {
+		t.Fatalf("the sync after the failure synced %v, not the value log", got)
 	}
 }
