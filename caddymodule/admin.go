@@ -60,13 +60,13 @@ func runningApp() (*App, error) {
 // handler whose database the request is about (?storage=DIR when there
 // are several). The API sees the reference's path: /asap is cut off,
 // except for /asap/delegations, which keeps its name.
-func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler, d *database)) caddy.AdminHandlerFunc {
+func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, rt *agentRuntime, d *database)) caddy.AdminHandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		app, err := runningApp()
 		if err != nil {
 			return err
 		}
-		h, d, err := app.apiHandler(r.Context(), r.URL.Query().Get("storage"))
+		rt, d, err := app.apiAgent(r.Context(), r.URL.Query().Get("storage"))
 		if err != nil {
 			return err
 		}
@@ -74,23 +74,23 @@ func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, ap
 		if !strings.HasPrefix(path, "/asap/delegations") {
 			path = strings.TrimPrefix(path, "/asap")
 		}
-		serve(w, r, path, app, h, d)
+		serve(w, r, path, app, rt, d)
 		return nil
 	}
 }
 
 var (
-	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
-		api.Usage(w, r, path, h.usage(d))
+	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
+		api.Usage(w, r, path, rt.usage(d))
 	})
-	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, h *Handler, d *database) {
-		api.SLA(w, r, path, slaService{app, h, d})
+	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, _ *agentRuntime, d *database) {
+		api.SLA(w, r, path, slaServiceOf(app, d))
 	})
-	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
-		api.Audit(w, r, path, auditService{h, d})
+	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
+		api.Audit(w, r, path, auditService{rt, d})
 	})
-	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, h *Handler, d *database) {
-		api.Delegations(w, r, path, delegationService{h, d})
+	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
+		api.Delegations(w, r, path, delegationService{rt, d})
 	})
 )
 
@@ -136,15 +136,15 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 		UptimeSeconds: time.Since(processStart).Seconds(),
 		Agents:        []AgentStatus{},
 	}
-	for _, h := range app.handlerList() {
+	for _, rt := range app.agentList() {
 		as := AgentStatus{
-			Agent:      h.Agent,
-			Storage:    h.Storage,
-			Durability: h.Durability,
-			Delegation: h.Delegation,
-			Rejected:   h.rejected.Load(),
+			Agent:      rt.Agent,
+			Storage:    rt.Storage,
+			Durability: rt.Durability,
+			Delegation: rt.Delegation,
+			Rejected:   rt.rejected.Load(),
 		}
-		d, err := h.store.Wait(r.Context(), storeWait)
+		d, err := rt.store.Wait(r.Context(), storeWait)
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
@@ -152,10 +152,10 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 		if as.AuditEntries, _, err = d.audit.Size(); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading the audit log: %v", err)}
 		}
-		if k := h.auditSigner(d); k.err == nil {
+		if k := rt.auditSigner(d); k.err == nil {
 			as.AuditKey = k.vkey
 		}
-		if as.Counts, err = metering.CountsOf(d.db, h.Agent); err != nil {
+		if as.Counts, err = metering.CountsOf(d.db, rt.Agent); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading counters: %v", err)}
 		}
 		st.Agents = append(st.Agents, as)

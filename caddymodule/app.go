@@ -19,7 +19,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
+	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -46,9 +46,10 @@ var processStart = time.Now()
 type App struct {
 	logger *zap.Logger
 
-	mu       sync.Mutex
-	stores   map[string]*Store
-	handlers []*Handler
+	mu     sync.Mutex
+	stores map[string]*Store
+	// agents are the runtimes of this config's handlers, in provision order.
+	agents []*agentRuntime
 	// opened are the pool entries this config holds, released in Cleanup.
 	opened []string
 	// stopLoops ends the background loops (checkpoints) of this config.
@@ -158,10 +159,17 @@ func (a *App) store(dir string, flush time.Duration) *Store {
 	return s
 }
 
-func (a *App) register(h *Handler) {
+// agent creates the runtime of the agent a handler protects, with the
+// database reference it uses; the app runs its loops from Start.
+func (a *App) agent(opts config.Options, logger *zap.Logger) (*agentRuntime, error) {
+	rt, err := newAgentRuntime(opts, a.store(opts.Storage, opts.FlushInterval.Std()), logger)
+	if err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
-	a.handlers = append(a.handlers, h)
+	a.agents = append(a.agents, rt)
 	a.mu.Unlock()
+	return rt, nil
 }
 
 type openDB struct{ *database }
@@ -244,30 +252,30 @@ func (a *App) Start() error {
 }
 
 // startLoops starts each named agent's SLA loop (health checks, manifest)
-// and one checkpoint signer per database, run by the first handler that
-// audits it under an agent name.
+// and one checkpoint signer per database, run by the first agent that
+// audits it under a name.
 func (a *App) startLoops() {
 	a.stopLoops = make(chan struct{})
 	seen := map[*Store]bool{}
-	for _, h := range a.handlers {
-		if h.Agent != "" {
+	for _, rt := range a.agents {
+		if rt.Agent != "" {
 			a.loops.Add(1)
-			go func(h *Handler) {
+			go func(rt *agentRuntime) {
 				defer a.loops.Done()
-				h.slaLoop(a.stopLoops)
-			}(h)
+				rt.slaLoop(a.stopLoops)
+			}(rt)
 		}
-		if seen[h.store] || !h.audit || h.Agent == "" {
+		if seen[rt.store] || !rt.audit || rt.Agent == "" {
 			continue
 		}
-		seen[h.store] = true
+		seen[rt.store] = true
 		a.loops.Add(1)
-		go func(h *Handler) {
+		go func(rt *agentRuntime) {
 			defer a.loops.Done()
-			t := time.NewTicker(h.CheckpointInterval.Std())
+			t := time.NewTicker(rt.CheckpointInterval.Std())
 			defer t.Stop()
-			h.checkpointLoop(a.stopLoops, t.C, h.store.Opened())
-		}(h)
+			rt.checkpointLoop(a.stopLoops, t.C, rt.store.Opened())
+		}(rt)
 	}
 }
 
@@ -320,16 +328,17 @@ func (a *App) sortedDirs() []string {
 	return dirs
 }
 
-// apiHandler is the handler an API request is about: the one database
-// when there is one, else the one named by want (a storage directory). It
-// returns once that database is open, with it.
-func (a *App) apiHandler(ctx context.Context, want string) (*Handler, *database, error) {
-	var chosen *Handler
+// apiAgent is the agent an API request is about: the one database's
+// first agent when there is one database, else the first of the one named
+// by want (a storage directory). It returns once that database is open,
+// with it.
+func (a *App) apiAgent(ctx context.Context, want string) (*agentRuntime, *database, error) {
+	var chosen *agentRuntime
 	dirs := map[string]bool{}
-	for _, h := range a.handlerList() {
-		dirs[h.Storage] = true
-		if chosen == nil && (want == "" || want == h.Storage) {
-			chosen = h
+	for _, rt := range a.agentList() {
+		dirs[rt.Storage] = true
+		if chosen == nil && (want == "" || want == rt.Storage) {
+			chosen = rt
 		}
 	}
 	if chosen == nil || (want == "" && len(dirs) > 1) {
@@ -348,13 +357,10 @@ func (a *App) apiHandler(ctx context.Context, want string) (*Handler, *database,
 	return chosen, d, nil
 }
 
-// usage is the metering store of d for h's retention.
-func (h *Handler) usage(d *database) *metering.Store { return metering.New(d.db, h.Retention.Std()) }
-
-func (a *App) handlerList() []*Handler {
+func (a *App) agentList() []*agentRuntime {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([]*Handler(nil), a.handlers...)
+	return append([]*agentRuntime(nil), a.agents...)
 }
 
 // Interface guards

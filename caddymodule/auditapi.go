@@ -21,33 +21,33 @@ type auditKeys struct {
 }
 
 // auditSigner signs checkpoints as <agent>/audit with the agent's key.
-func (h *Handler) auditSigner(d *database) *auditKeys {
-	h.auditKeysOnce.Do(func() {
+func (rt *agentRuntime) auditSigner(d *database) *auditKeys {
+	rt.auditKeysOnce.Do(func() {
 		k := &auditKeys{}
-		h.auditKeys = k
-		key := h.signingKey(d)
-		if h.Agent == "" || key == nil {
+		rt.auditKeys = k
+		key := rt.signingKey(d)
+		if rt.Agent == "" || key == nil {
 			k.err = errors.New("checkpoints need the agent option and a key")
 			return
 		}
-		k.signer, k.vkey, k.err = audit.NewSigner(audit.Origin(h.Agent), key)
+		k.signer, k.vkey, k.err = audit.NewSigner(audit.Origin(rt.Agent), key)
 		if k.err == nil {
 			k.verifier, k.err = note.NewVerifier(k.vkey)
 		}
 	})
-	return h.auditKeys
+	return rt.auditKeys
 }
 
-// auditService backs the Audit API with one handler's log and key.
+// auditService backs the Audit API with one agent's log and key.
 type auditService struct {
-	h *Handler
-	d *database
+	rt *agentRuntime
+	d  *database
 }
 
 func (s auditService) Log() *audit.Log { return s.d.audit }
 
 func (s auditService) Checkpoint(ctx context.Context) ([]byte, error) {
-	k := s.h.auditSigner(s.d)
+	k := s.rt.auditSigner(s.d)
 	if k.err != nil {
 		return nil, k.err
 	}
@@ -55,7 +55,7 @@ func (s auditService) Checkpoint(ctx context.Context) ([]byte, error) {
 }
 
 func (s auditService) Verifier() note.Verifier {
-	if k := s.h.auditSigner(s.d); k.err == nil {
+	if k := s.rt.auditSigner(s.d); k.err == nil {
 		return k.verifier
 	}
 	return nil
@@ -63,15 +63,15 @@ func (s auditService) Verifier() note.Verifier {
 
 // checkpointLoop signs a checkpoint on every tick while the log grows,
 // until stop is closed.
-func (h *Handler) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time, d *database) {
+func (rt *agentRuntime) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time, d *database) {
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick:
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := (auditService{h, d}).Checkpoint(ctx); err != nil {
-				h.logger.Warn("signing the audit checkpoint", zap.Error(err))
+			if _, err := (auditService{rt, d}).Checkpoint(ctx); err != nil {
+				rt.logger.Warn("signing the audit checkpoint", zap.Error(err))
 			}
 			cancel()
 		}

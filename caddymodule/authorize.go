@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"crypto/ed25519"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -29,69 +28,39 @@ var defaultActions = map[protocol.PayloadType]string{
 	protocol.TypeArtifactNotify:   delegation.ScopeDataWrite,
 }
 
-// sharedLinkCache outlives config reloads: entries record the key they
-// verified with, so a reload that changes keys cannot reuse them wrongly.
-var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
-
-// setupDelegation loads the keys and builds the verifier. It runs in
-// Provision, so `caddy validate` catches unreadable keys.
-func (h *Handler) setupDelegation() error {
-	h.actions = make(map[protocol.PayloadType]string, len(defaultActions)+len(h.Actions))
+// actionsOf is SPEC §3's payload type → scope mapping with the action
+// options applied.
+func actionsOf(opts map[string]string) map[protocol.PayloadType]string {
+	actions := make(map[protocol.PayloadType]string, len(defaultActions)+len(opts))
 	for t, s := range defaultActions {
-		h.actions[t] = s
+		actions[t] = s
 	}
-	for t, s := range h.Actions {
-		h.actions[protocol.NormalizeType(t)] = s
+	for t, s := range opts {
+		actions[protocol.NormalizeType(t)] = s
 	}
-	trusted := map[string]ed25519.PublicKey{}
-	if h.KeyFile != "" {
-		key, err := delegation.LoadPrivateKey(h.KeyFile)
-		if err != nil {
-			return fmt.Errorf("asap: option key: %w", err)
-		}
-		h.signKey = key
-		if h.Agent != "" {
-			trusted[h.Agent] = key.Public().(ed25519.PublicKey)
-		}
-	}
-	for _, t := range h.Trust {
-		pub, err := delegation.LoadPublicKey(t.KeyFile)
-		if err != nil {
-			return fmt.Errorf("asap: option trust %s: %w", t.Agent, err)
-		}
-		trusted[t.Agent] = pub
-	}
-	h.verifier = &delegation.Verifier{
-		Self:     h.Agent,
-		Trusted:  trusted,
-		MaxDepth: h.MaxChainDepth,
-		MaxSize:  int(h.MaxTokenSize),
-		Skew:     h.ClockSkew.Std(),
-	}
-	h.verifier.UseCache(sharedLinkCache)
-	return nil
+	return actions
 }
 
 // signingKey is the key delegations are minted with: the key option, or
 // the key generated beside the database.
-func (h *Handler) signingKey(d *database) ed25519.PrivateKey {
-	if h.signKey != nil {
-		return h.signKey
+func (rt *agentRuntime) signingKey(d *database) ed25519.PrivateKey {
+	if rt.signKey != nil {
+		return rt.signKey
 	}
 	return d.agentKey
 }
 
 // verifierFor is the verifier with the generated agent key trusted for
 // the protected agent when no key option names one.
-func (h *Handler) verifierFor(d *database) *delegation.Verifier {
-	h.verifierOnce.Do(func() {
-		if h.signKey == nil && h.Agent != "" && d.agentKey != nil {
-			if _, ok := h.verifier.Trusted[h.Agent]; !ok {
-				h.verifier.Trusted[h.Agent] = d.agentKey.Public().(ed25519.PublicKey)
+func (rt *agentRuntime) verifierFor(d *database) *delegation.Verifier {
+	rt.verifierOnce.Do(func() {
+		if rt.signKey == nil && rt.Agent != "" && d.agentKey != nil {
+			if _, ok := rt.verifier.Trusted[rt.Agent]; !ok {
+				rt.verifier.Trusted[rt.Agent] = d.agentKey.Public().(ed25519.PublicKey)
 			}
 		}
 	})
-	return h.verifier
+	return rt.verifier
 }
 
 // grant is what authorization gave one call.
@@ -112,7 +81,7 @@ func (h *Handler) authorize(r *http.Request, d *database, req *protocol.Request)
 	if value == "" && h.Delegation == config.DelegationOptional {
 		return grants
 	}
-	v := h.verifierFor(d)
+	v := h.rt.verifierFor(d)
 	chain, rej := v.Verify(value)
 	if rej == nil {
 		rej = d.ledger.CheckRevoked(chain)
@@ -181,7 +150,7 @@ func (h *Handler) authorizeUpgrade(r *http.Request, db *database) *delegation.Re
 	if value == "" && h.Delegation == config.DelegationOptional {
 		return nil
 	}
-	chain, rej := h.verifierFor(db).Verify(value)
+	chain, rej := h.rt.verifierFor(db).Verify(value)
 	if rej == nil {
 		rej = db.ledger.CheckRevoked(chain)
 	}

@@ -101,7 +101,7 @@ func BenchmarkRequestOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	var token string
-	for _, h := range app.handlerList() {
+	for _, h := range app.agentList() {
 		if h.Delegation == "require" {
 			d, err := h.store.Wait(context.Background(), storeWait)
 			if err != nil {
@@ -238,7 +238,7 @@ func BenchmarkRequestWithStuckWebhook(b *testing.B) {
 //	go test -run '^$' -bench DiskPerTask -benchtime 20000x ./caddymodule
 func BenchmarkDiskPerTask(b *testing.B) {
 	s := startSidecar(b, "", "agent urn:asap:agent:demo\ndelegation require\ndurability strict")
-	h := runningHandler(b)
+	h := runningAgent(b)
 	d, err := h.store.Wait(context.Background(), storeWait)
 	if err != nil {
 		b.Fatal(err)

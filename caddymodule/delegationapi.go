@@ -11,21 +11,21 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
-// delegationService backs the Delegation API with one handler's key and
+// delegationService backs the Delegation API with one agent's key and
 // verifier, and its database's ledger.
 type delegationService struct {
-	h  *Handler
+	rt *agentRuntime
 	db *database
 }
 
 func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*delegation.Minted, error) {
-	h, db := s.h, s.db
-	key := h.signingKey(db)
-	if key == nil || h.Agent == "" {
+	rt, db := s.rt, s.db
+	key := rt.signingKey(db)
+	if key == nil || rt.Agent == "" {
 		return nil, api.ErrNoSigningKey
 	}
 	g := delegation.Grant{
-		Issuer:   h.Agent,
+		Issuer:   rt.Agent,
 		Delegate: req.Delegate,
 		Scopes:   req.Scopes,
 		TTL:      time.Duration(req.ExpiresInSeconds) * time.Second,
@@ -36,7 +36,7 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		return nil, fmt.Errorf("%w: expires_in_seconds must be within 1..%d", delegation.ErrInvalidGrant, int64(delegation.MaxTTL/time.Second))
 	}
 	if req.Parent != "" {
-		chain, rej := h.verifierFor(db).Verify(req.Parent)
+		chain, rej := rt.verifierFor(db).Verify(req.Parent)
 		if rej == nil {
 			rej = db.ledger.CheckRevoked(chain)
 		}
@@ -50,7 +50,7 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		return nil, err
 	}
 	created := func(tx *storage.Tx, r *delegation.Record) error {
-		if !h.audit {
+		if !rt.audit {
 			return nil
 		}
 		d := map[string]any{"jti": r.ID, "delegator": r.Delegator, "delegate": r.Delegate, "scopes": r.Scopes,
@@ -61,7 +61,7 @@ func (s delegationService) Mint(ctx context.Context, req api.MintRequest) (*dele
 		if r.ParentID != "" {
 			d["parent_id"] = r.ParentID
 		}
-		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: h.Agent, Details: d})
+		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationCreated, AgentURN: rt.Agent, Details: d})
 	}
 	if _, err := db.ledger.RecordIssued(ctx, m, created); err != nil {
 		return nil, fmt.Errorf("recording the token: %w", err)
@@ -83,12 +83,12 @@ func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
 }
 
 func (s delegationService) Revoke(ctx context.Context, id string) error {
-	h, db := s.h, s.db
+	rt, db := s.rt, s.db
 	revoked := func(tx *storage.Tx, r *delegation.Revocation) error {
-		if !h.audit {
+		if !rt.audit {
 			return nil
 		}
-		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: h.Agent,
+		return db.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: rt.Agent,
 			Details: revocationDetails(r)})
 	}
 	_, err := db.ledger.Revoke(ctx, id, time.Now(), revoked)

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,17 +11,13 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
-	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -38,26 +33,12 @@ type Handler struct {
 	config.Options
 
 	logger     *zap.Logger
-	app        *App
-	store      *Store
+	rt         *agentRuntime
 	durability storage.Durability
 	metering   bool
 	audit      bool
 	limits     protocol.Limits
-
-	actions      map[protocol.PayloadType]string
-	signKey      ed25519.PrivateKey
-	verifier     *delegation.Verifier
-	verifierOnce sync.Once
-
-	auditKeysOnce sync.Once
-	auditKeys     *auditKeys
-
-	upstream    atomic.Pointer[upstream]
-	manifestSLA atomic.Pointer[sla.Definition]
-	trackerRef  atomic.Pointer[sla.Tracker]
-	trackerMu   sync.Mutex
-	rejected    atomic.Uint64
+	actions    map[protocol.PayloadType]string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -80,9 +61,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.metering = h.Metering != config.MeteringOff
 	h.audit = h.Audit != config.MeteringOff
 	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
-	if err := h.setupDelegation(); err != nil {
-		return err
-	}
+	h.actions = actionsOf(h.Actions)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("asap: registering metrics: %w", err)
 	}
@@ -90,10 +69,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("asap: loading the asap app: %w", err)
 	}
-	h.app = appIface.(*App)
-	h.store = h.app.store(h.Storage, h.FlushInterval.Std())
-	h.app.register(h)
-	return nil
+	h.rt, err = appIface.(*App).agent(h.Options, h.logger)
+	return err
 }
 
 // Validate checks the options.
@@ -107,12 +84,12 @@ const storeWait = 10 * time.Second
 // goes parse → authorize → forward → record → respond; WebSocket frames
 // take the same steps in wsproxy.go.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	h.capture(next, r)
+	h.rt.capture(next, r)
 	switch classify(r) {
 	case passThrough:
 		return next.ServeHTTP(w, r)
 	case webSocket:
-		db, err := h.store.Wait(r.Context(), storeWait)
+		db, err := h.rt.store.Wait(r.Context(), storeWait)
 		if err != nil {
 			return h.storageUnavailable(w, err, nil)
 		}
@@ -132,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if rejection != nil {
 		return rejection()
 	}
-	db, err := h.store.Wait(r.Context(), storeWait)
+	db, err := h.rt.store.Wait(r.Context(), storeWait)
 	if err != nil {
 		return h.storageUnavailable(w, err, singleID(req))
 	}
@@ -247,7 +224,7 @@ func (h *Handler) admit(r *http.Request, db *database, req *protocol.Request) ([
 
 // storageUnavailable answers 503 when the database did not open.
 func (h *Handler) storageUnavailable(w http.ResponseWriter, err error, id json.RawMessage) error {
-	h.logger.Error("storage unavailable", zap.String("dir", h.store.Dir()), zap.Error(err))
+	h.logger.Error("storage unavailable", zap.String("dir", h.rt.store.Dir()), zap.Error(err))
 	return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
 		"the sidecar's storage is not available; retry later").WithID(id).JSON())
 }
@@ -359,7 +336,7 @@ func (h *Handler) tooLarge() []byte {
 
 // reject answers without forwarding.
 func (h *Handler) reject(w http.ResponseWriter, status int, body []byte) error {
-	h.rejected.Add(1)
+	h.rt.rejected.Add(1)
 	return writeJSON(w, status, body)
 }
 

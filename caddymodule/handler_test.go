@@ -221,7 +221,7 @@ func TestBadInputIsAnsweredAndNeverForwarded(t *testing.T) {
 	if _, b := post(t, s.url+"/asap", rpc("r1", good)); string(b) != agentAnswer || up.count() != 1 {
 		t.Fatalf("good call after bad input: %s", b)
 	}
-	if got := runningHandler(t).rejected.Load(); got != uint64(len(cases)+1) {
+	if got := runningAgent(t).rejected.Load(); got != uint64(len(cases)+1) {
 		t.Fatalf("rejected counter = %d, want %d", got, len(cases)+1)
 	}
 }

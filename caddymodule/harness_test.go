@@ -275,18 +275,19 @@ func fixedAnswer(status int, contentType, body string) func(http.ResponseWriter,
 	}
 }
 
-// runningHandler is the asap handler of the running config.
-func runningHandler(t testing.TB) *Handler {
+// runningAgent is the agent runtime of the running config's one asap
+// handler.
+func runningAgent(t testing.TB) *agentRuntime {
 	t.Helper()
 	app, err := runningApp()
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := app.handlerList()
-	if len(hs) != 1 {
-		t.Fatalf("%d asap handlers running, want 1", len(hs))
+	agents := app.agentList()
+	if len(agents) != 1 {
+		t.Fatalf("%d asap handlers running, want 1", len(agents))
 	}
-	return hs[0]
+	return agents[0]
 }
 
 func stringsReader(s string) io.Reader { return strings.NewReader(s) }
@@ -317,7 +318,7 @@ func mustUnmarshalConfig(t testing.TB, b []byte) *caddy.Config {
 // runningDatabase is the running handler's open database.
 func runningDatabase(t testing.TB) *database {
 	t.Helper()
-	d, err := runningHandler(t).store.Wait(context.Background(), 5*time.Second)
+	d, err := runningAgent(t).store.Wait(context.Background(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,7 +95,7 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		api.Error(w, http.StatusUnauthorized, "Invalid authentication token")
 		return nil
 	}
-	h, d, err := p.app.apiHandler(r.Context(), p.Storage)
+	rt, d, err := p.app.apiAgent(r.Context(), p.Storage)
 	if err != nil {
 		var ae caddy.APIError
 		if errors.As(err, &ae) {
@@ -106,13 +106,13 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	}
 	switch {
 	case strings.HasPrefix(r.URL.Path, "/usage"):
-		api.Usage(w, r, r.URL.Path, h.usage(d))
+		api.Usage(w, r, r.URL.Path, rt.usage(d))
 	case strings.HasPrefix(r.URL.Path, "/audit"):
-		api.Audit(w, r, r.URL.Path, auditService{h, d})
+		api.Audit(w, r, r.URL.Path, auditService{rt, d})
 	case strings.HasPrefix(r.URL.Path, "/sla"), strings.HasPrefix(r.URL.Path, "/agents/"):
-		api.SLA(w, r, r.URL.Path, slaService{p.app, h, d})
+		api.SLA(w, r, r.URL.Path, slaServiceOf(p.app, d))
 	default:
-		api.Delegations(w, r, r.URL.Path, delegationService{h, d})
+		api.Delegations(w, r, r.URL.Path, delegationService{rt, d})
 	}
 	return nil
 }

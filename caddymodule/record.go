@@ -176,7 +176,7 @@ func usageRecord(e *metering.Event) audit.Record {
 // Prometheus sees an event once its write is done, and a deduplicated
 // retry never.
 func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *storage.Pending {
-	meter := h.usage(d)
+	meter := h.rt.usage(d)
 	log := d.audit
 	recorded := make([]bool, len(recs))
 	now := time.Now()

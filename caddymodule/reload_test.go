@@ -32,7 +32,7 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 	agentSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = agent.ServeHTTP(w, r, nil) }))
 	defer agentSrv.Close()
 	s := startSidecar(t, upstreamAddr(agentSrv), "agent urn:asap:agent:demo")
-	db0, err := runningHandler(t).store.Wait(context.Background(), time.Second)
+	db0, err := runningAgent(t).store.Wait(context.Background(), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestReloadUnderTrafficKeepsDatabaseAndLosesNothing(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d calls, %d connection-level retries", ok.Load(), retries.Load())
 
-	h := runningHandler(t)
+	h := runningAgent(t)
 	if h.MaxBody != 1029<<10 {
 		t.Fatalf("reloaded config not in effect: max_body %d", h.MaxBody)
 	}
@@ -131,7 +131,7 @@ func TestRestartKeepsRecords(t *testing.T) {
 		t.Fatal("database still held after stop")
 	}
 	s.load(s.options)
-	db, err := runningHandler(t).store.Wait(context.Background(), time.Second)
+	db, err := runningAgent(t).store.Wait(context.Background(), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func (h *Handler) refuseReusedIDs(d *database, req *protocol.Request, grants []g
 		return nil
 	}
 	var ids []callIdentity
-	meter := h.usage(d)
+	meter := h.rt.usage(d)
 	for i := range req.Calls {
 		c := &req.Calls[i]
 		env := &c.Envelope

@@ -10,22 +10,29 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
 )
 
-// slaService backs the SLA API with the running config's trackers and the
-// database of the handler the request is about.
+// slaService backs the SLA API with the trackers of the agents that
+// share the database the request is about.
 type slaService struct {
-	app *App
-	h   *Handler
-	db  *database
+	agents []*agentRuntime
+	db     *database
+}
+
+// slaServiceOf is the SLA API's view of d: the agents of app using it.
+func slaServiceOf(app *App, d *database) slaService {
+	s := slaService{db: d}
+	for _, rt := range app.agentList() {
+		if rt.store.Opened() == d {
+			s.agents = append(s.agents, rt)
+		}
+	}
+	return s
 }
 
 func (s slaService) Trackers() map[string]*sla.Tracker {
 	out := map[string]*sla.Tracker{}
-	for _, h := range s.app.handlerList() {
-		if h.store != s.h.store {
-			continue
-		}
-		if t := h.slaTracker(s.db); t != nil {
-			out[h.Agent] = t
+	for _, rt := range s.agents {
+		if t := rt.slaTracker(s.db); t != nil {
+			out[rt.Agent] = t
 		}
 	}
 	return out

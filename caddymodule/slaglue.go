@@ -114,13 +114,13 @@ func (s *alertSink) record(tx *storage.Tx, ev sla.Event) error {
 
 // slaConfig is the tracker config: the manifest's SLA overridden by the
 // Caddyfile's sla block.
-func (h *Handler) slaConfig() sla.Config {
+func (rt *agentRuntime) slaConfig() sla.Config {
 	def := sla.Definition{}
-	if m := h.manifestSLA.Load(); m != nil {
+	if m := rt.manifestSLA.Load(); m != nil {
 		def = *m
 	}
-	cfg := sla.Config{Agent: h.Agent, MinSamples: config.DefaultMinSamples}
-	if s := h.SLA; s != nil {
+	cfg := sla.Config{Agent: rt.Agent, MinSamples: config.DefaultMinSamples}
+	if s := rt.SLA; s != nil {
 		o := sla.Definition{MaxLatencyP95: s.MaxLatencyP95.Std(), SupportHours: s.SupportHours}
 		if s.Availability != nil {
 			v := float64(*s.Availability)
@@ -138,19 +138,19 @@ func (h *Handler) slaConfig() sla.Config {
 	return cfg
 }
 
-func (h *Handler) healthInterval() time.Duration {
-	if h.SLA != nil && h.SLA.HealthInterval > 0 {
-		return h.SLA.HealthInterval.Std()
+func (rt *agentRuntime) healthInterval() time.Duration {
+	if rt.SLA != nil && rt.SLA.HealthInterval > 0 {
+		return rt.SLA.HealthInterval.Std()
 	}
 	return config.DefaultHealthEvery
 }
 
-func (h *Handler) alertSink(d *database) *alertSink {
-	s := &alertSink{logger: h.logger.Named("sla")}
-	for _, a := range h.Alerts {
+func (rt *agentRuntime) alertSink(d *database) *alertSink {
+	s := &alertSink{logger: rt.logger.Named("sla")}
+	for _, a := range rt.Alerts {
 		s.webhooks = append(s.webhooks, a.Webhook)
 	}
-	if h.audit {
+	if rt.audit {
 		s.audit = d.audit
 	}
 	return s
@@ -158,24 +158,24 @@ func (h *Handler) alertSink(d *database) *alertSink {
 
 // slaTracker is the handler's tracker, kept in d (nil without an agent
 // name or a database).
-func (h *Handler) slaTracker(d *database) *sla.Tracker {
-	if t := h.trackerRef.Load(); t != nil {
+func (rt *agentRuntime) slaTracker(d *database) *sla.Tracker {
+	if t := rt.trackerRef.Load(); t != nil {
 		return t
 	}
-	if h.Agent == "" || d == nil {
+	if rt.Agent == "" || d == nil {
 		return nil
 	}
-	h.trackerMu.Lock()
-	defer h.trackerMu.Unlock()
-	if t := h.trackerRef.Load(); t != nil {
+	rt.trackerMu.Lock()
+	defer rt.trackerMu.Unlock()
+	if t := rt.trackerRef.Load(); t != nil {
 		return t
 	}
-	t, err := d.tracker(h.slaConfig(), h.alertSink(d))
+	t, err := d.tracker(rt.slaConfig(), rt.alertSink(d))
 	if err != nil {
-		h.logger.Error("opening the SLA tracker", zap.Error(err))
+		rt.logger.Error("opening the SLA tracker", zap.Error(err))
 		return nil
 	}
-	h.trackerRef.Store(t)
+	rt.trackerRef.Store(t)
 	return t
 }
 
@@ -183,7 +183,7 @@ func (h *Handler) slaTracker(d *database) *sla.Tracker {
 // forwarded call, and a failed availability sample when the agent could
 // not be reached (a passive health check).
 func (h *Handler) observe(x *exchange) {
-	t := h.slaTracker(x.db)
+	t := h.rt.slaTracker(x.db)
 	if t == nil {
 		return
 	}
@@ -206,20 +206,20 @@ type upstream struct {
 	host   string
 }
 
-func (h *Handler) capture(next caddyhttp.Handler, r *http.Request) {
-	if h.upstream.Load() != nil {
+func (rt *agentRuntime) capture(next caddyhttp.Handler, r *http.Request) {
+	if rt.upstream.Load() != nil {
 		return
 	}
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	h.upstream.Store(&upstream{next: next, server: srv, host: r.Host})
+	rt.upstream.Store(&upstream{next: next, server: srv, host: r.Host})
 }
 
 var errNoUpstreamYet = errors.New("the agent is reached through the route, known from the first request")
 
 // fetch GETs path from the agent: through health_url when that is the
 // path asked for and it is set, else through the captured route.
-func (h *Handler) fetch(ctx context.Context, path string) (int, []byte, error) {
-	u := h.upstream.Load()
+func (rt *agentRuntime) fetch(ctx context.Context, path string) (int, []byte, error) {
+	u := rt.upstream.Load()
 	if u == nil {
 		return 0, nil, errNoUpstreamYet
 	}
@@ -265,11 +265,11 @@ var healthClient = &http.Client{Timeout: 5 * time.Second}
 
 // checkHealth runs one active health check; known is false when the agent
 // cannot be asked yet.
-func (h *Handler) checkHealth(ctx context.Context) (up, known bool) {
-	ctx, cancel := context.WithTimeout(ctx, min(h.healthInterval(), 5*time.Second))
+func (rt *agentRuntime) checkHealth(ctx context.Context) (up, known bool) {
+	ctx, cancel := context.WithTimeout(ctx, min(rt.healthInterval(), 5*time.Second))
 	defer cancel()
-	if h.SLA != nil && h.SLA.HealthURL != "" {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.SLA.HealthURL, nil)
+	if rt.SLA != nil && rt.SLA.HealthURL != "" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.SLA.HealthURL, nil)
 		if err != nil {
 			return false, true
 		}
@@ -281,7 +281,7 @@ func (h *Handler) checkHealth(ctx context.Context) (up, known bool) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, true
 	}
-	status, _, err := h.fetch(ctx, "/.well-known/asap/health")
+	status, _, err := rt.fetch(ctx, "/.well-known/asap/health")
 	if errors.Is(err, errNoUpstreamYet) {
 		return false, false
 	}
@@ -290,41 +290,41 @@ func (h *Handler) checkHealth(ctx context.Context) (up, known bool) {
 
 // refreshManifest reads the agent's manifest through the route and applies
 // its sla block; it returns when to read it again (its ttl_seconds).
-func (h *Handler) refreshManifest(ctx context.Context, d *database) time.Duration {
-	status, body, err := h.fetch(ctx, "/.well-known/asap/manifest.json")
+func (rt *agentRuntime) refreshManifest(ctx context.Context, d *database) time.Duration {
+	status, body, err := rt.fetch(ctx, "/.well-known/asap/manifest.json")
 	if errors.Is(err, errNoUpstreamYet) {
 		return 2 * time.Second
 	}
 	if err != nil || status != http.StatusOK {
-		h.logger.Debug("agent manifest not available", zap.Int("status", status), zap.Error(err))
+		rt.logger.Debug("agent manifest not available", zap.Int("status", status), zap.Error(err))
 		return 30 * time.Second
 	}
 	def, ttl, err := sla.FromManifest(body)
 	if err != nil {
-		h.logger.Warn("agent manifest has an unusable sla block; using the Caddyfile's", zap.Error(err))
+		rt.logger.Warn("agent manifest has an unusable sla block; using the Caddyfile's", zap.Error(err))
 		return ttl
 	}
-	h.manifestSLA.Store(&def)
-	if t := h.slaTracker(d); t != nil {
-		t.Configure(h.slaConfig())
+	rt.manifestSLA.Store(&def)
+	if t := rt.slaTracker(d); t != nil {
+		t.Configure(rt.slaConfig())
 	}
 	return ttl
 }
 
 // slaLoop runs the handler's health checks and manifest refreshes until
 // stop is closed.
-func (h *Handler) slaLoop(stop <-chan struct{}) {
+func (rt *agentRuntime) slaLoop(stop <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { <-stop; cancel() }()
-	d, err := h.store.Wait(ctx, time.Minute)
+	d, err := rt.store.Wait(ctx, time.Minute)
 	if err != nil {
 		return
 	}
-	if t := h.slaTracker(d); t != nil {
-		t.Configure(h.slaConfig()) // a reload's new options
+	if t := rt.slaTracker(d); t != nil {
+		t.Configure(rt.slaConfig()) // a reload's new options
 	}
-	health := time.NewTicker(h.healthInterval())
+	health := time.NewTicker(rt.healthInterval())
 	defer health.Stop()
 	manifest := time.NewTimer(0)
 	defer manifest.Stop()
@@ -333,13 +333,13 @@ func (h *Handler) slaLoop(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-health.C:
-			if up, known := h.checkHealth(ctx); known {
-				if t := h.slaTracker(d); t != nil {
+			if up, known := rt.checkHealth(ctx); known {
+				if t := rt.slaTracker(d); t != nil {
 					t.Health(up)
 				}
 			}
 		case <-manifest.C:
-			manifest.Reset(h.refreshManifest(ctx, d))
+			manifest.Reset(rt.refreshManifest(ctx, d))
 		}
 	}
 }

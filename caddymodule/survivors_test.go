@@ -115,7 +115,7 @@ func TestCheckpointLoopSignsOnEachTick(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		post(t, s.url+"/asap", rpc("r", envelope(fmt.Sprintf("01JCHECKPOINT00000000000%02d", i), "echo", `{}`)))
 	}
-	h, d := runningHandler(t), runningDatabase(t)
+	h, d := runningAgent(t), runningDatabase(t)
 	tick, stop, done := make(chan time.Time), make(chan struct{}), make(chan struct{})
 	go func() { h.checkpointLoop(stop, tick, d); close(done) }()
 	send := func() {

@@ -49,14 +49,14 @@ func FuzzWebSocketFrame(f *testing.F) {
 	srv := httptest.NewServer(agent)
 	f.Cleanup(srv.Close)
 	s := startSidecar(f, upstreamAddr(srv), "agent urn:asap:agent:demo\nmax_body 64KiB")
-	h := runningHandler(f)
+	h := runningAgent(f)
 	if h.MaxBody != 64<<10 {
 		f.Fatalf("max_body = %d, want 64KiB", h.MaxBody)
 	}
 	nonce := make([]byte, 6)
 	rand.Read(nonce)
 	fz := &wsFuzz{
-		s: s, agent: agent, limits: h.limits, maxBody: int(h.MaxBody),
+		s: s, agent: agent, limits: protocol.Limits{MaxBatch: h.MaxBatch}, maxBody: int(h.MaxBody),
 		nonce:     hex.EncodeToString(nonce),
 		forwarded: map[string][][sha256.Size]byte{},
 		committed: map[string][sha256.Size]byte{},

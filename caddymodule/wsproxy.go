@@ -237,7 +237,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 	h := s.h
 	req, perr := protocol.ParseRequest(msg, h.limits)
 	if perr != nil {
-		h.rejected.Add(1)
+		h.rt.rejected.Add(1)
 		return s.send(ctx, perr.JSON())
 	}
 	if !req.Batch {
@@ -248,7 +248,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 	s.refusePendingIDs(req)
 	grants, ids := h.admit(s.r, s.db, req)
 	if !req.Forwardable() {
-		h.rejected.Add(1)
+		h.rt.rejected.Add(1)
 		return s.send(ctx, localAnswer(req))
 	}
 	if req.Batch {
@@ -345,7 +345,7 @@ func (s *wsSession) slaControl(ctx context.Context, c *protocol.Call) ([]byte, b
 		s.notifyOnce.Do(func() {
 			// Subscribed before the answer goes out: no breach after it
 			// is missed.
-			notices, cancel := slaService{s.h.app, s.h, s.db}.Subscribe()
+			notices, cancel := slaService{}.Subscribe()
 			go s.pushNotifications(ctx, notices, cancel)
 		})
 		result = `{"subscribed":true}`

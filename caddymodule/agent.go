@@ -1,0 +1,88 @@
+package caddymodule
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
+	"github.com/asap-sidecar/asap-sidecar/config"
+)
+
+// agentRuntime is what one protected agent needs beyond a single request:
+// its keys and token verifier, its SLA tracker, the loops that check its
+// health, read its manifest and sign audit checkpoints, and its counters.
+// The asap app owns it — a handler gets its runtime from the app in
+// Provision, as the ACME handler gets its CA from the pki app — and runs
+// its loops between Start and Cleanup. Nothing in it points back at a
+// handler or at the app.
+type agentRuntime struct {
+	// Options are the handler's, defaults applied; read-only.
+	config.Options
+	logger *zap.Logger
+	store  *Store
+	audit  bool
+
+	signKey      ed25519.PrivateKey // the key option; nil: the generated key
+	verifier     *delegation.Verifier
+	verifierOnce sync.Once
+
+	auditKeysOnce sync.Once
+	auditKeys     *auditKeys
+
+	// upstream is the route to the agent, known from the first request.
+	upstream    atomic.Pointer[upstream]
+	manifestSLA atomic.Pointer[sla.Definition]
+	trackerRef  atomic.Pointer[sla.Tracker]
+	trackerMu   sync.Mutex
+	// rejected counts requests answered without reaching the agent.
+	rejected atomic.Uint64
+}
+
+// sharedLinkCache outlives config reloads: entries record the key they
+// verified with, so a reload that changes keys cannot reuse them wrongly.
+var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
+
+// newAgentRuntime loads the keys the options name and builds the token
+// verifier. It runs in Provision, so `caddy validate` catches unreadable
+// keys; it opens nothing else.
+func newAgentRuntime(opts config.Options, store *Store, logger *zap.Logger) (*agentRuntime, error) {
+	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff}
+	trusted := map[string]ed25519.PublicKey{}
+	if opts.KeyFile != "" {
+		key, err := delegation.LoadPrivateKey(opts.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("asap: option key: %w", err)
+		}
+		rt.signKey = key
+		if opts.Agent != "" {
+			trusted[opts.Agent] = key.Public().(ed25519.PublicKey)
+		}
+	}
+	for _, t := range opts.Trust {
+		pub, err := delegation.LoadPublicKey(t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("asap: option trust %s: %w", t.Agent, err)
+		}
+		trusted[t.Agent] = pub
+	}
+	rt.verifier = &delegation.Verifier{
+		Self:     opts.Agent,
+		Trusted:  trusted,
+		MaxDepth: opts.MaxChainDepth,
+		MaxSize:  int(opts.MaxTokenSize),
+		Skew:     opts.ClockSkew.Std(),
+	}
+	rt.verifier.UseCache(sharedLinkCache)
+	return rt, nil
+}
+
+// usage is the metering store of d with the agent's retention.
+func (rt *agentRuntime) usage(d *database) *metering.Store {
+	return metering.New(d.db, rt.Retention.Std())
+}
