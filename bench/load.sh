@@ -10,8 +10,13 @@
 # task on each path, and the bytes on disk per task of the strict_all
 # database after a clean stop. Needs wrk (apt-get install wrk).
 # Usage: bench/load.sh [seconds]
+#   LOAD_CONNS="16 64"  the concurrent runs ("" for none)
+#   LOAD_ONE_SECS=60    a longer one-connection run, e.g. for p99 over a
+#                       minute of compactions (default: seconds)
 set -euo pipefail
 secs=${1:-10}
+one_secs=${LOAD_ONE_SECS:-$secs}
+conns=${LOAD_CONNS-16 64}
 agent_port=19000
 . "$(dirname "$0")/common.sh"
 start_agent
@@ -39,8 +44,8 @@ cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/p
 
 # Each sidecar path has its own database, so one run's compactions do not
 # land on the next one's syncs.
-run() { # name port connections
-	local c=$3 t=2 before after
+run() { # name port connections [seconds]
+	local c=$3 t=2 d=${4:-$secs} before after
 	[ "$c" -lt 2 ] && t=1
 	ASAP_TOKEN=${token[$2]:-}
 	# One task first: a path that refuses the task would look fast.
@@ -48,7 +53,7 @@ run() { # name port connections
 		-d '{"jsonrpc":"2.0","method":"asap.send","id":"c","params":{"envelope":{"id":"01JCHECK'"$2$c"'","asap_version":"0.1","sender":"urn:asap:agent:client","recipient":"urn:asap:agent:demo","payload_type":"task.request","payload":{"conversation_id":"c","skill_id":"echo","input":{"text":"hello"}}}}}' \
 		"http://127.0.0.1:$2/asap" | grep -q '"result"' || { echo "$1: the path does not answer tasks" >&2; exit 1; }
 	before=$(cpu)
-	wrk -t$t -c"$c" -d"${secs}s" --latency -s "$root/bench/task.lua" "http://127.0.0.1:$2" >"$work/$1.txt"
+	wrk -t$t -c"$c" -d"${d}s" --latency -s "$root/bench/task.lua" "http://127.0.0.1:$2" >"$work/$1.txt"
 	after=$(cpu)
 	local rps p50 p99 n
 	rps=$(awk '/Requests\/sec/ {print $2}' "$work/$1.txt")
@@ -71,7 +76,7 @@ for p in 18081:data_relaxed 18084:data_strict 18082:data_strict 18083:data_stric
 done
 echo "wrk: ${secs}s per run, echo task through each path"
 run warmup 18082 16 >/dev/null
-for c in 16 64; do
+for c in $conns; do
 	for p in plain:18082 off:18083 relaxed_all:18081 strict_all:18084; do
 		run "${p%%:*}_$c" "${p##*:}" "$c"
 	done
@@ -79,7 +84,12 @@ for c in 16 64; do
 done
 echo "one connection (added latency, no queueing):"
 for p in plain:18082 relaxed_all:18081 strict_all:18084; do
-	run "${p%%:*}_1" "${p##*:}" 1
+	run "${p%%:*}_1" "${p##*:}" 1 "$one_secs"
+done
+# wrk's latency (e.g. 472.00us, 1.06ms, 2.00s) in microseconds.
+us() { awk -v q="$2" '$1==q { v=$2; f=1; if (v ~ /ms$/) f=1000; else if (v ~ /[0-9]s$/) f=1000000; sub(/[a-z]+$/, "", v); printf "%.0f", v*f }' "$work/$1.txt"; }
+for p in relaxed_all strict_all; do
+	echo "  added by $p: p50 +$(( $(us ${p}_1 50%) - $(us plain_1 50%) ))us  p99 +$(( $(us ${p}_1 99%) - $(us plain_1 99%) ))us"
 done
 
 # Bytes per task: stop cleanly (Badger flushes its memtables), then weigh
