@@ -1,10 +1,11 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -30,21 +31,27 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the admin routes.
+// Routes returns the admin routes: the status, and every operator API
+// route of the api package's one table under /asap/.
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
-		{Pattern: "/asap/usage", Handler: serveUsage},
-		{Pattern: "/asap/usage/", Handler: serveUsage},
-		{Pattern: "/asap/sla", Handler: serveSLA},
-		{Pattern: "/asap/sla/", Handler: serveSLA},
-		{Pattern: "/asap/agents/", Handler: serveSLA},
-		{Pattern: "/asap/audit", Handler: serveAudit},
-		{Pattern: "/asap/audit/", Handler: serveAudit},
-		{Pattern: "/asap/delegations", Handler: serveDelegations},
-		{Pattern: "/asap/delegations/", Handler: serveDelegations},
+		{Pattern: "/asap/", Handler: caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			adminAPI.ServeHTTP(w, r)
+			return nil
+		})},
 	}
 }
+
+// adminAPI serves the API routes for the running config, on the database
+// named by ?storage=DIR when there are several.
+var adminAPI = api.NewHandler(api.AdminMount, func(r *http.Request) (*api.Services, error) {
+	app, err := runningApp()
+	if err != nil {
+		return nil, resolveError(err)
+	}
+	return app.services(r.Context(), r.URL.Query().Get("storage"))
+})
 
 // runningApp is the asap app of the config that is running now.
 func runningApp() (*App, error) {
@@ -56,43 +63,28 @@ func runningApp() (*App, error) {
 	return app.(*App), nil
 }
 
-// apiRoute serves one operator API of the running config, for the
-// handler whose database the request is about (?storage=DIR when there
-// are several). The API sees the reference's path: /asap is cut off,
-// except for /asap/delegations, which keeps its name.
-func apiRoute(serve func(w http.ResponseWriter, r *http.Request, path string, app *App, rt *agentRuntime, d *database)) caddy.AdminHandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		app, err := runningApp()
-		if err != nil {
-			return err
-		}
-		rt, d, err := app.apiAgent(r.Context(), r.URL.Query().Get("storage"))
-		if err != nil {
-			return err
-		}
-		path := r.URL.Path
-		if !strings.HasPrefix(path, "/asap/delegations") {
-			path = strings.TrimPrefix(path, "/asap")
-		}
-		serve(w, r, path, app, rt, d)
-		return nil
+// services are the API backends of the database a request is about.
+func (a *App) services(ctx context.Context, storage string) (*api.Services, error) {
+	rt, d, err := a.apiAgent(ctx, storage)
+	if err != nil {
+		return nil, resolveError(err)
 	}
+	return &api.Services{
+		Usage:       rt.usage(d),
+		Delegations: delegationService{rt, d},
+		SLA:         slaServiceOf(a, d),
+		Audit:       auditService{rt, d},
+	}, nil
 }
 
-var (
-	serveUsage = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
-		api.Usage(w, r, path, rt.usage(d))
-	})
-	serveSLA = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, app *App, _ *agentRuntime, d *database) {
-		api.SLA(w, r, path, slaServiceOf(app, d))
-	})
-	serveAudit = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
-		api.Audit(w, r, path, auditService{rt, d})
-	})
-	serveDelegations = apiRoute(func(w http.ResponseWriter, r *http.Request, path string, _ *App, rt *agentRuntime, d *database) {
-		api.Delegations(w, r, path, delegationService{rt, d})
-	})
-)
+// resolveError turns the app's caddy.APIError into the API's answer.
+func resolveError(err error) error {
+	var ae caddy.APIError
+	if errors.As(err, &ae) {
+		return &api.ResolveError{Status: ae.HTTPStatus, Detail: ae.Message}
+	}
+	return err
+}
 
 // Status is the answer of GET /asap/status.
 type Status struct {

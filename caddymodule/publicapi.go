@@ -34,7 +34,7 @@ type PublicAPI struct {
 	// different ones.
 	Storage string `json:"storage,omitempty"`
 
-	app  *App
+	api  *api.Handler
 	hash [32]byte
 }
 
@@ -52,11 +52,14 @@ func (p *PublicAPI) Provision(ctx caddy.Context) error {
 	// Compare digests, so the comparison takes the same time whatever
 	// the lengths.
 	p.hash = sha256.Sum256([]byte(p.Bearer))
-	app, err := ctx.App("asap")
+	appIface, err := ctx.App("asap")
 	if err != nil {
 		return err
 	}
-	p.app = app.(*App)
+	app := appIface.(*App)
+	p.api = api.NewHandler(api.PublicMount, func(r *http.Request) (*api.Services, error) {
+		return app.services(r.Context(), p.Storage)
+	})
 	return nil
 }
 
@@ -71,16 +74,9 @@ func (p *PublicAPI) Validate() error {
 	return nil
 }
 
-func isAPIPath(p string) bool {
-	return p == "/usage" || strings.HasPrefix(p, "/usage/") ||
-		p == "/asap/delegations" || strings.HasPrefix(p, "/asap/delegations/") ||
-		p == "/audit" || strings.HasPrefix(p, "/audit/") ||
-		p == "/sla" || strings.HasPrefix(p, "/sla/") || strings.HasPrefix(p, "/agents/")
-}
-
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !isAPIPath(r.URL.Path) {
+	if !p.api.Owns(r.URL.Path) {
 		return next.ServeHTTP(w, r)
 	}
 	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -95,25 +91,7 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 		api.Error(w, http.StatusUnauthorized, "Invalid authentication token")
 		return nil
 	}
-	rt, d, err := p.app.apiAgent(r.Context(), p.Storage)
-	if err != nil {
-		var ae caddy.APIError
-		if errors.As(err, &ae) {
-			api.Error(w, ae.HTTPStatus, "%s", ae.Message)
-			return nil
-		}
-		return err
-	}
-	switch {
-	case strings.HasPrefix(r.URL.Path, "/usage"):
-		api.Usage(w, r, r.URL.Path, rt.usage(d))
-	case strings.HasPrefix(r.URL.Path, "/audit"):
-		api.Audit(w, r, r.URL.Path, auditService{rt, d})
-	case strings.HasPrefix(r.URL.Path, "/sla"), strings.HasPrefix(r.URL.Path, "/agents/"):
-		api.SLA(w, r, r.URL.Path, slaServiceOf(p.app, d))
-	default:
-		api.Delegations(w, r, r.URL.Path, delegationService{rt, d})
-	}
+	p.api.ServeHTTP(w, r)
 	return nil
 }
 

@@ -1,7 +1,8 @@
-// Package api serves the operator REST APIs (usage now; delegations, SLA and
-// audit as they land) with the reference implementation's paths and JSON
-// shapes. The same handlers back the Caddy admin API (under /asap) and the
-// optional public mount; they know nothing about Caddy.
+// Package api serves the operator REST APIs (usage, delegations, SLA,
+// audit) with the reference implementation's paths and JSON shapes, from
+// one route table (routes.go). The same Handler backs the Caddy admin API
+// (under /asap) and the optional public mount; it knows nothing about
+// Caddy.
 package api
 
 import (
@@ -86,9 +87,4 @@ func (q *query) int(name string, def, min, max int) int {
 		return def
 	}
 	return n
-}
-
-func methodNotAllowed(w http.ResponseWriter, allowed string) {
-	w.Header().Set("Allow", allowed)
-	Error(w, http.StatusMethodNotAllowed, "method not allowed; use %s", allowed)
 }

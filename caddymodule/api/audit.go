@@ -9,7 +9,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -26,55 +25,44 @@ type AuditService interface {
 	Verifier() note.Verifier
 }
 
-// Audit serves /audit and its sub-paths. The log is append-only: no route
-// changes or deletes an entry, so every method but GET is refused.
-func Audit(w http.ResponseWriter, r *http.Request, path string, svc AuditService) {
-	if r.Method != http.MethodGet {
-		methodNotAllowed(w, http.MethodGet)
+// The audit log is append-only: no route changes or deletes an entry, so
+// every audit route is GET.
+
+func auditVerify(w http.ResponseWriter, _ *http.Request, s *Services) {
+	v, err := s.Audit.Log().Verify(s.Audit.Verifier())
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "verifying: %v", err)
 		return
 	}
-	sub := strings.TrimPrefix(strings.TrimSuffix(path, "/"), "/audit")
-	switch sub {
-	case "":
-		auditList(w, r, svc.Log())
-	case "/verify":
-		v, err := svc.Log().Verify(svc.Verifier())
-		if err != nil {
-			Error(w, http.StatusInternalServerError, "verifying: %v", err)
-			return
-		}
-		writeJSON(w, http.StatusOK, v)
-	case "/export":
-		auditExport(w, r, svc.Log())
-	case "/checkpoint":
-		cp, err := svc.Checkpoint(r.Context())
-		if err != nil {
-			Error(w, http.StatusServiceUnavailable, "no checkpoint: %v", err)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write(cp)
-	case "/proof/inclusion":
-		inclusionProof(w, r, svc.Log())
-	case "/proof/consistency":
-		consistencyProof(w, r, svc.Log())
-	default:
-		id := strings.TrimPrefix(sub, "/")
-		if id == "" || strings.Contains(id, "/") || len(id) > 64 {
-			Error(w, http.StatusNotFound, "Not Found")
-			return
-		}
-		e, err := svc.Log().Get(id)
-		if err != nil {
-			Error(w, http.StatusInternalServerError, "reading %s: %v", id, err)
-			return
-		}
-		if e == nil {
-			Error(w, http.StatusNotFound, "Audit entry not found")
-			return
-		}
-		writeJSON(w, http.StatusOK, e)
+	writeJSON(w, http.StatusOK, v)
+}
+
+func auditCheckpoint(w http.ResponseWriter, r *http.Request, s *Services) {
+	cp, err := s.Audit.Checkpoint(r.Context())
+	if err != nil {
+		Error(w, http.StatusServiceUnavailable, "no checkpoint: %v", err)
+		return
 	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write(cp)
+}
+
+func auditEntry(w http.ResponseWriter, r *http.Request, s *Services) {
+	id := r.PathValue("id")
+	if len(id) > 64 {
+		Error(w, http.StatusNotFound, "Not Found")
+		return
+	}
+	e, err := s.Audit.Log().Get(id)
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading %s: %v", id, err)
+		return
+	}
+	if e == nil {
+		Error(w, http.StatusNotFound, "Audit entry not found")
+		return
+	}
+	writeJSON(w, http.StatusOK, e)
 }
 
 func auditFilter(q *query) audit.Filter {
@@ -87,7 +75,8 @@ func auditFilter(q *query) audit.Filter {
 	}
 }
 
-func auditList(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+func auditList(w http.ResponseWriter, r *http.Request, s *Services) {
+	log := s.Audit.Log()
 	q := &query{v: r.URL.Query()}
 	f := auditFilter(q)
 	limit := q.int("limit", 100, 0, 1000)
@@ -106,7 +95,8 @@ func auditList(w http.ResponseWriter, r *http.Request, log *audit.Log) {
 
 // auditExport streams the matching entries: json ({"entries": [...]}),
 // jsonl (one entry a line) or csv.
-func auditExport(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+func auditExport(w http.ResponseWriter, r *http.Request, s *Services) {
+	log := s.Audit.Log()
 	q := &query{v: r.URL.Query()}
 	f := auditFilter(q)
 	limit := q.int("limit", 1<<30, 1, 1<<30)
@@ -204,7 +194,8 @@ func proofError(w http.ResponseWriter, err error) {
 	Error(w, http.StatusInternalServerError, "building the proof: %v", err)
 }
 
-func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+func inclusionProof(w http.ResponseWriter, r *http.Request, s *Services) {
+	log := s.Audit.Log()
 	seq, size, ok := proofParams(w, r, log, "seq", "size")
 	if !ok {
 		return
@@ -219,7 +210,8 @@ func inclusionProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
 	})
 }
 
-func consistencyProof(w http.ResponseWriter, r *http.Request, log *audit.Log) {
+func consistencyProof(w http.ResponseWriter, r *http.Request, s *Services) {
+	log := s.Audit.Log()
 	old, size, ok := proofParams(w, r, log, "old", "new")
 	if !ok {
 		return

@@ -139,7 +139,7 @@ func auditCall(t *testing.T, s *auditSvc, method, target string) *httptest.Respo
 	t.Helper()
 	r := httptest.NewRequest(method, target, nil)
 	w := httptest.NewRecorder()
-	Audit(w, r, r.URL.Path, s)
+	serve(&Services{Audit: s}, w, r)
 	return w
 }
 
@@ -638,7 +638,11 @@ func TestAuditMethodNotAllowed(t *testing.T) {
 	s := newAuditSvc(t, true)
 	all := seedAudit(t, s)
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodHead} {
-		for _, path := range []string{"/audit", "/audit/verify", "/audit/export", "/audit/checkpoint", "/audit/proof/inclusion", "/audit/" + all[0].ID, "/audit/a/b"} {
+		// A path no route has is not found, whatever the method.
+		if w := auditCall(t, s, method, "/audit/a/b"); w.Code != http.StatusNotFound {
+			t.Errorf("%s /audit/a/b: %d", method, w.Code)
+		}
+		for _, path := range []string{"/audit", "/audit/verify", "/audit/export", "/audit/checkpoint", "/audit/proof/inclusion", "/audit/" + all[0].ID} {
 			w := auditCall(t, s, method, path)
 			if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != "GET" {
 				t.Errorf("%s %s: %d Allow %q", method, path, w.Code, w.Header().Get("Allow"))
@@ -710,9 +714,7 @@ func TestAuditProofSizeReadFailureIs500(t *testing.T) {
 func TestAuditOverHTTPWithMountPrefix(t *testing.T) {
 	s := newAuditSvc(t, true)
 	all := seedAudit(t, s)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		Audit(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), s)
-	}))
+	srv := httptest.NewServer(adminHandlerOf(&Services{Audit: s}))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/asap/audit/" + all[3].ID)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
@@ -57,40 +56,30 @@ type delegationDetail struct {
 	UsageCount int64      `json:"usage_count"`
 }
 
-// Delegations serves /asap/delegations and /asap/delegations/{id}.
-func Delegations(w http.ResponseWriter, r *http.Request, path string, svc DelegationService) {
-	rest := strings.TrimPrefix(strings.TrimSuffix(path, "/"), "/asap/delegations")
-	if rest == "" {
-		switch r.Method {
-		case http.MethodPost:
-			createDelegation(w, r, svc)
-		case http.MethodGet:
-			listDelegations(w, r, svc)
-		default:
-			methodNotAllowed(w, "GET, POST")
-		}
-		return
+// delegationID is the {id} of a delegation route, or "" when it cannot
+// be one (the answer is then 404).
+func delegationID(r *http.Request) string {
+	if id := r.PathValue("id"); len(id) <= 256 {
+		return id
 	}
-	id := strings.TrimPrefix(rest, "/")
-	if id == "" || strings.Contains(id, "/") || len(id) > 256 {
+	return ""
+}
+
+func revokeDelegation(w http.ResponseWriter, r *http.Request, s *Services) {
+	id := delegationID(r)
+	if id == "" {
 		Error(w, http.StatusNotFound, "Not Found")
 		return
 	}
-	switch r.Method {
-	case http.MethodGet:
-		getDelegation(w, id, svc)
-	case http.MethodDelete:
-		if err := svc.Revoke(r.Context(), id); err != nil {
-			Error(w, http.StatusInternalServerError, "revoking %s: %v", id, err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		methodNotAllowed(w, "GET, DELETE")
+	if err := s.Delegations.Revoke(r.Context(), id); err != nil {
+		Error(w, http.StatusInternalServerError, "revoking %s: %v", id, err)
+		return
 	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
-func createDelegation(w http.ResponseWriter, r *http.Request, svc DelegationService) {
+func createDelegation(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.Delegations
 	b, ok := readBody(w, r)
 	if !ok {
 		return
@@ -118,7 +107,8 @@ func createDelegation(w http.ResponseWriter, r *http.Request, svc DelegationServ
 	}
 }
 
-func listDelegations(w http.ResponseWriter, r *http.Request, svc DelegationService) {
+func listDelegations(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.Delegations
 	active := true
 	switch r.URL.Query().Get("active") {
 	case "", "true", "1":
@@ -145,7 +135,12 @@ func summary(r *delegation.Record, now time.Time) delegationSummary {
 	return delegationSummary{ID: r.ID, Delegator: r.Delegator, Delegate: r.Delegate, CreatedAt: r.CreatedAt, Active: r.Active(now)}
 }
 
-func getDelegation(w http.ResponseWriter, id string, svc DelegationService) {
+func getDelegation(w http.ResponseWriter, r *http.Request, s *Services) {
+	id, svc := delegationID(r), s.Delegations
+	if id == "" {
+		Error(w, http.StatusNotFound, "Not Found")
+		return
+	}
 	rec, used, err := svc.Get(id)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "reading %s: %v", id, err)

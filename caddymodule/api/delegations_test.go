@@ -113,7 +113,7 @@ func delCall(t *testing.T, s DelegationService, method, target, body string) *ht
 	t.Helper()
 	r := httptest.NewRequest(method, target, strings.NewReader(body))
 	w := httptest.NewRecorder()
-	Delegations(w, r, r.URL.Path, s)
+	serve(&Services{Delegations: s}, w, r)
 	return w
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -35,32 +34,6 @@ type SLAService interface {
 var Windows = map[string]time.Duration{"1h": time.Hour, "24h": 24 * time.Hour, "7d": 7 * 24 * time.Hour, "30d": 30 * 24 * time.Hour}
 
 var windowOrder = []string{"1h", "24h", "7d", "30d"}
-
-// SLA serves /sla, /sla/history, /sla/breaches, /sla/events (SSE),
-// /sla/subscribe (WebSocket) and /agents/{id}/sla.
-func SLA(w http.ResponseWriter, r *http.Request, path string, svc SLAService) {
-	if r.Method != http.MethodGet {
-		methodNotAllowed(w, http.MethodGet)
-		return
-	}
-	path = strings.TrimSuffix(path, "/")
-	switch {
-	case path == "/sla":
-		slaStatus(w, r, svc)
-	case path == "/sla/history":
-		slaHistory(w, r, svc)
-	case path == "/sla/breaches":
-		slaBreaches(w, r, svc)
-	case path == "/sla/events":
-		slaEvents(w, r, svc)
-	case path == "/sla/subscribe":
-		slaSubscribe(w, r, svc)
-	case strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/sla"):
-		agentSLA(w, strings.TrimSuffix(strings.TrimPrefix(path, "/agents/"), "/sla"), svc)
-	default:
-		Error(w, http.StatusNotFound, "Not Found")
-	}
-}
 
 // pyISO is Python's datetime.isoformat() for a UTC time, which the
 // reference uses for period_start and period_end of /sla.
@@ -99,7 +72,8 @@ func sortedIDs(ts map[string]*sla.Tracker) []string {
 	return ids
 }
 
-func slaStatus(w http.ResponseWriter, r *http.Request, svc SLAService) {
+func slaStatus(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.SLA
 	name := r.URL.Query().Get("window")
 	if name == "" {
 		name = "24h"
@@ -123,7 +97,8 @@ func slaStatus(w http.ResponseWriter, r *http.Request, svc SLAService) {
 	})
 }
 
-func slaHistory(w http.ResponseWriter, r *http.Request, svc SLAService) {
+func slaHistory(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.SLA
 	q := &query{v: r.URL.Query()}
 	start, end := q.time("start"), q.time("end")
 	limit := q.int("limit", 100, 1, 1000)
@@ -140,7 +115,8 @@ func slaHistory(w http.ResponseWriter, r *http.Request, svc SLAService) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": data, "count": len(data), "total": total, "offset": offset, "limit": limit})
 }
 
-func slaBreaches(w http.ResponseWriter, r *http.Request, svc SLAService) {
+func slaBreaches(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.SLA
 	q := &query{v: r.URL.Query()}
 	f := sla.BreachFilter{AgentID: q.str("agent_id"), Severity: q.str("severity"), Start: q.time("start"), End: q.time("end")}
 	if q.err == nil && f.Severity != "" && f.Severity != sla.SeverityWarning && f.Severity != sla.SeverityCritical {
@@ -188,7 +164,8 @@ func viewOf(d sla.Definition) definitionView {
 
 // agentSLA is one agent's status per window, its open breaches and recent
 // history in one answer (the roadmap's GET /agents/{id}/sla).
-func agentSLA(w http.ResponseWriter, id string, svc SLAService) {
+func agentSLA(w http.ResponseWriter, r *http.Request, s *Services) {
+	id, svc := r.PathValue("id"), s.SLA
 	t, ok := svc.Trackers()[id]
 	if !ok {
 		Error(w, http.StatusNotFound, "no SLA is tracked for agent %s", truncateID(id))
@@ -221,7 +198,8 @@ func truncateID(s string) string {
 
 // slaEvents streams notifications as Server-Sent Events: "event: <method>"
 // and the notification as data.
-func slaEvents(w http.ResponseWriter, r *http.Request, svc SLAService) {
+func slaEvents(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.SLA
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
@@ -262,7 +240,8 @@ type rpcRequest struct {
 
 // slaSubscribe speaks JSON-RPC over WebSocket: sla.subscribe and
 // sla.unsubscribe, then sla.breach and sla.resolved notifications.
-func slaSubscribe(w http.ResponseWriter, r *http.Request, svc SLAService) {
+func slaSubscribe(w http.ResponseWriter, r *http.Request, s *Services) {
+	svc := s.SLA
 	conn, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return // Accept answered the client

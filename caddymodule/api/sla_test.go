@@ -230,7 +230,7 @@ func slaCall(t *testing.T, svc SLAService, method, target string) *httptest.Resp
 	t.Helper()
 	r := httptest.NewRequest(method, target, nil)
 	w := httptest.NewRecorder()
-	SLA(w, r, r.URL.Path, svc)
+	serve(&Services{SLA: svc}, w, r)
 	return w
 }
 
@@ -670,13 +670,15 @@ func TestSLAMethodsAndPaths(t *testing.T) {
 	svc := newSLASvc(t)
 	svc.open(t, sla.Config{Agent: slaDemo}, func() time.Time { return slaNow }, nil)
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch} {
-		for _, target := range []string{"/sla", "/sla/history", "/sla/breaches", "/sla/events", "/sla/subscribe", "/agents/" + slaDemo + "/sla", "/sla/nope"} {
+		for _, target := range []string{"/sla", "/sla/history", "/sla/breaches", "/sla/events", "/sla/subscribe", "/agents/" + slaDemo + "/sla"} {
 			w := slaCall(t, svc, method, target)
 			expect(t, w, http.StatusMethodNotAllowed, `{"detail":"method not allowed; use GET"}`)
 			if a := w.Header().Get("Allow"); a != "GET" {
 				t.Errorf("%s %s: Allow %q", method, target, a)
 			}
 		}
+		// A path no route has is not found, whatever the method.
+		expect(t, slaCall(t, svc, method, "/sla/nope"), http.StatusNotFound, `{"detail":"Not Found"}`)
 	}
 	for _, target := range []string{"/sla/nope", "/sla/history/1", "/slas", "/agents", "/agents/" + slaDemo, "/agents/" + slaDemo + "/usage", "/"} {
 		expect(t, slaGet(t, svc, target), http.StatusNotFound, `{"detail":"Not Found"}`)
@@ -690,7 +692,7 @@ func TestSLAMethodsAndPaths(t *testing.T) {
 
 func slaServer(t *testing.T, svc SLAService) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { SLA(w, r, r.URL.Path, svc) }))
+	srv := httptest.NewServer(handlerOf(&Services{SLA: svc}))
 	t.Cleanup(srv.Close)
 	return srv
 }

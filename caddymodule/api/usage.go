@@ -1,66 +1,13 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
-	"github.com/asap-sidecar/asap-sidecar/storage"
 )
-
-// Usage serves the reference's /usage router over a metering store. Path
-// is the request path with any mount prefix removed ("/usage/summary").
-func Usage(w http.ResponseWriter, r *http.Request, path string, store *metering.Store) {
-	sub := strings.TrimPrefix(strings.TrimSuffix(path, "/"), "/usage")
-	u := usageAPI{store: store}
-	switch sub {
-	case "":
-		switch r.Method {
-		case http.MethodGet:
-			u.list(w, r)
-		case http.MethodPost:
-			u.record(w, r)
-		default:
-			methodNotAllowed(w, "GET, POST")
-		}
-	case "/batch":
-		only(w, r, http.MethodPost, u.batch)
-	case "/aggregate":
-		only(w, r, http.MethodGet, u.aggregate)
-	case "/summary":
-		only(w, r, http.MethodGet, u.summary)
-	case "/agents":
-		only(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request) { u.groups(w, r, metering.ByAgent) })
-	case "/consumers":
-		only(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request) { u.groups(w, r, metering.ByConsumer) })
-	case "/stats":
-		only(w, r, http.MethodGet, u.stats)
-	case "/purge":
-		only(w, r, http.MethodPost, u.purge)
-	case "/validate":
-		only(w, r, http.MethodPost, u.validate)
-	case "/export":
-		only(w, r, http.MethodGet, u.export)
-	default:
-		Error(w, http.StatusNotFound, "Not Found")
-	}
-}
-
-func only(w http.ResponseWriter, r *http.Request, method string, h http.HandlerFunc) {
-	if r.Method != method {
-		methodNotAllowed(w, method)
-		return
-	}
-	h(w, r)
-}
-
-type usageAPI struct {
-	store *metering.Store
-}
 
 func filterFrom(q *query) metering.Filter {
 	return metering.Filter{
@@ -72,7 +19,7 @@ func filterFrom(q *query) metering.Filter {
 	}
 }
 
-func (u usageAPI) list(w http.ResponseWriter, r *http.Request) {
+func usageList(w http.ResponseWriter, r *http.Request, s *Services) {
 	q := &query{v: r.URL.Query()}
 	f := filterFrom(q)
 	limit := q.int("limit", 100, 1, 1000)
@@ -81,7 +28,7 @@ func (u usageAPI) list(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
 	}
-	events, err := u.store.Query(f, limit, offset)
+	events, err := s.Usage.Query(f, limit, offset)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "reading usage: %v", err)
 		return
@@ -89,7 +36,7 @@ func (u usageAPI) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": events, "count": len(events)})
 }
 
-func (u usageAPI) aggregate(w http.ResponseWriter, r *http.Request) {
+func usageAggregate(w http.ResponseWriter, r *http.Request, s *Services) {
 	q := &query{v: r.URL.Query()}
 	f := filterFrom(q)
 	if q.err != nil {
@@ -101,7 +48,7 @@ func (u usageAPI) aggregate(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, "group_by must be one of: agent, consumer, day, week")
 		return
 	}
-	rows, err := u.store.Aggregate(f, g)
+	rows, err := s.Usage.Aggregate(f, g)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "aggregating usage: %v", err)
 		return
@@ -109,14 +56,19 @@ func (u usageAPI) aggregate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"group_by": g, "data": rows})
 }
 
-func (u usageAPI) groups(w http.ResponseWriter, r *http.Request, by string) {
+// usageGroups serves /usage/agents and /usage/consumers.
+func usageGroups(by string) func(http.ResponseWriter, *http.Request, *Services) {
+	return func(w http.ResponseWriter, r *http.Request, s *Services) { usageGroup(w, r, s, by) }
+}
+
+func usageGroup(w http.ResponseWriter, r *http.Request, s *Services, by string) {
 	q := &query{v: r.URL.Query()}
 	f := filterFrom(q)
 	if q.err != nil {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
 	}
-	rows, err := u.store.Aggregate(f, by)
+	rows, err := s.Usage.Aggregate(f, by)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "aggregating usage: %v", err)
 		return
@@ -124,23 +76,23 @@ func (u usageAPI) groups(w http.ResponseWriter, r *http.Request, by string) {
 	writeJSON(w, http.StatusOK, map[string]any{"data": rows})
 }
 
-func (u usageAPI) summary(w http.ResponseWriter, r *http.Request) {
+func usageSummary(w http.ResponseWriter, r *http.Request, s *Services) {
 	q := &query{v: r.URL.Query()}
 	f := filterFrom(q)
 	if q.err != nil {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
 	}
-	s, err := u.store.Summarize(f)
+	sum, err := s.Usage.Summarize(f)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "summarizing usage: %v", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s)
+	writeJSON(w, http.StatusOK, sum)
 }
 
-func (u usageAPI) stats(w http.ResponseWriter, _ *http.Request) {
-	st, err := u.store.Stats()
+func usageStats(w http.ResponseWriter, _ *http.Request, s *Services) {
+	st, err := s.Usage.Stats()
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "reading usage stats: %v", err)
 		return
@@ -148,8 +100,8 @@ func (u usageAPI) stats(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (u usageAPI) purge(w http.ResponseWriter, _ *http.Request) {
-	n, err := u.store.Purge(time.Now())
+func usagePurge(w http.ResponseWriter, _ *http.Request, s *Services) {
+	n, err := s.Usage.Purge(time.Now())
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "purging usage after %d removals: %v", n, err)
 		return
@@ -157,19 +109,7 @@ func (u usageAPI) purge(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "purged", "removed": n})
 }
 
-// commit stores agent-reported events in one strict write: all or none.
-func (u usageAPI) commit(ctx context.Context, events []*metering.Event) error {
-	return u.store.DB().Commit(ctx, storage.Strict, func(tx *storage.Tx) error {
-		for _, e := range events {
-			if _, err := u.store.Put(tx, e, e.EnvelopeID); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-func (u usageAPI) record(w http.ResponseWriter, r *http.Request) {
+func usageRecord(w http.ResponseWriter, r *http.Request, s *Services) {
 	b, ok := readBody(w, r)
 	if !ok {
 		return
@@ -179,14 +119,14 @@ func (u usageAPI) record(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if err := u.commit(r.Context(), []*metering.Event{e}); err != nil {
+	if err := s.Usage.Record(r.Context(), []*metering.Event{e}); err != nil {
 		Error(w, http.StatusInternalServerError, "storing usage: %v", err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"status": "recorded", "task_id": e.TaskID})
 }
 
-func (u usageAPI) batch(w http.ResponseWriter, r *http.Request) {
+func usageBatch(w http.ResponseWriter, r *http.Request, s *Services) {
 	b, ok := readBody(w, r)
 	if !ok {
 		return
@@ -212,14 +152,14 @@ func (u usageAPI) batch(w http.ResponseWriter, r *http.Request) {
 		}
 		events[i], ids[i] = e, e.TaskID
 	}
-	if err := u.commit(r.Context(), events); err != nil {
+	if err := s.Usage.Record(r.Context(), events); err != nil {
 		Error(w, http.StatusInternalServerError, "storing usage: %v", err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]any{"status": "recorded", "count": len(events), "task_ids": ids})
 }
 
-func (u usageAPI) validate(w http.ResponseWriter, r *http.Request) {
+func usageValidate(w http.ResponseWriter, r *http.Request, _ *Services) {
 	b, ok := readBody(w, r)
 	if !ok {
 		return
@@ -232,7 +172,7 @@ func (u usageAPI) validate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"valid": true, "task_id": e.TaskID, "agent_id": e.AgentID, "consumer_id": e.ConsumerID})
 }
 
-func (u usageAPI) export(w http.ResponseWriter, r *http.Request) {
+func usageExport(w http.ResponseWriter, r *http.Request, s *Services) {
 	q := &query{v: r.URL.Query()}
 	f := filterFrom(q)
 	limit := q.int("limit", 10000, 1, 100000)
@@ -247,7 +187,7 @@ func (u usageAPI) export(w http.ResponseWriter, r *http.Request) {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
 	}
-	events, err := u.store.Query(f, limit, 0)
+	events, err := s.Usage.Query(f, limit, 0)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "reading usage: %v", err)
 		return

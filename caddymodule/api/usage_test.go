@@ -41,7 +41,7 @@ func call(t testing.TB, s *metering.Store, method, target, body string) *httptes
 		r.Header.Set("Content-Type", "application/json")
 	}
 	w := httptest.NewRecorder()
-	Usage(w, r, r.URL.Path, s)
+	serve(&Services{Usage: s}, w, r)
 	return w
 }
 
@@ -981,9 +981,7 @@ func TestError(t *testing.T) {
 // Over real HTTP, under a mount prefix the way the admin API strips /asap.
 func TestOverHTTPWithMountPrefix(t *testing.T) {
 	s := newStore(t, 0)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		Usage(w, r, strings.TrimPrefix(r.URL.Path, "/asap"), s)
-	}))
+	srv := httptest.NewServer(adminHandlerOf(&Services{Usage: s}))
 	defer srv.Close()
 	do := func(method, path, body string) (*http.Response, string) {
 		t.Helper()

@@ -50,6 +50,18 @@ func (s *Store) Retention() time.Duration { return s.retention }
 // DB is the underlying database.
 func (s *Store) DB() *storage.DB { return s.db }
 
+// Record stores agent-reported events in one strict write: all or none.
+func (s *Store) Record(ctx context.Context, events []*Event) error {
+	return s.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error {
+		for _, e := range events {
+			if _, err := s.Put(tx, e, e.EnvelopeID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 const (
 	idxAgent    = 'a'
 	idxConsumer = 'c'
