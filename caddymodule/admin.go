@@ -12,6 +12,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 )
 
 func init() {
@@ -124,7 +125,7 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 	st := Status{
 		Version:       Version,
 		CaddyVersion:  caddyVersion,
-		StartedAt:     processStart.UTC(),
+		StartedAt:     wire.Time(processStart),
 		UptimeSeconds: time.Since(processStart).Seconds(),
 		Agents:        []AgentStatus{},
 	}
@@ -140,7 +141,7 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
-		as.StorageOpenedAt = d.openedAt.UTC()
+		as.StorageOpenedAt = wire.Time(d.openedAt)
 		if as.AuditEntries, _, err = d.audit.Size(); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading the audit log: %v", err)}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,9 +14,20 @@ import (
 
 // Every route of the api package's one table answers on both mounts —
 // Caddy's admin endpoint and the asap_api handler — with the same status,
-// from the route itself: never the router's 404 or 405.
+// from the route itself: never the router's 404 or 405; and no timestamp
+// in any answer has more than 6 fractional digits.
 func TestEveryAPIRouteOnBothMounts(t *testing.T) {
 	s := startSidecarWith(t, "", "agent urn:asap:agent:demo", apiMount)
+	// Something in every store: a task through the sidecar, an event
+	// reported with a nanosecond timestamp.
+	if resp, b := post(t, s.url+"/asap", rpc("r1", envelope("01JROUTES0000000000000001", "echo", `{"text":"hi"}`))); resp.StatusCode != http.StatusOK {
+		t.Fatalf("task: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := post(t, "http://"+s.adminAddr+"/asap/usage", `{"task_id":"t9","agent_id":"urn:asap:agent:demo","consumer_id":"urn:asap:agent:a",`+
+		`"tokens_in":1,"tokens_out":1,"duration_ms":1,"api_calls":1,"timestamp":"2026-02-06T10:00:00.123456789Z"}`); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("usage event: %d %s", resp.StatusCode, b)
+	}
+	tooFine := regexp.MustCompile(`T\d\d:\d\d:\d\d\.\d{7,}`)
 	// Real ids for the {id} routes: an audit entry and a delegation.
 	resp, b := post(t, "http://"+s.adminAddr+"/asap/delegations",
 		`{"delegate":"urn:asap:agent:client","scopes":["task.execute"],"expires_in_seconds":3600}`)
@@ -89,6 +101,11 @@ func TestEveryAPIRouteOnBothMounts(t *testing.T) {
 		if codeA == http.StatusMethodNotAllowed || bodyA == `{"detail":"Not Found"}` {
 			t.Errorf("%s %s: the router answered %d %s", a.Method, a.Path, codeA, bodyA)
 		}
+		for _, b := range []string{bodyA, bodyP} {
+			if m := tooFine.FindString(b); m != "" {
+				t.Errorf("%s %s: timestamp %s has more than 6 fractional digits", a.Method, a.Path, m)
+			}
+		}
 	}
 	// Revoke through each mount: 204 both times (a second revocation of
 	// the same id changes nothing).
@@ -99,6 +116,10 @@ func TestEveryAPIRouteOnBothMounts(t *testing.T) {
 		if code, body, _ := do(http.MethodDelete, target.url, target.bearer); code != http.StatusNoContent {
 			t.Errorf("DELETE %s: %d %s", target.url, code, body)
 		}
+	}
+	if code, body, _ := do(http.MethodGet, "http://"+s.adminAddr+"/asap/delegations/"+mintedID, false); code != http.StatusOK ||
+		!strings.Contains(body, `"revoked_at":"`) || tooFine.MatchString(body) {
+		t.Errorf("revoked delegation: %d %s", code, body)
 	}
 
 	// A known path with another method: 405 with Allow on both mounts.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -190,6 +191,8 @@ func (l *Ledger) RevokeFrom(ctx context.Context, issuer, jti string, now time.Ti
 }
 
 func (l *Ledger) revoke(ctx context.Context, iss, jti string, now time.Time, also []func(tx *storage.Tx, r *Revocation) error) (*Revocation, error) {
+	// Kept as the APIs give it, so every answer shows the same time.
+	now = wire.Time(now)
 	if jti == "" || len(jti) > maxClaimLen {
 		return nil, fmt.Errorf("a token id is 1..%d characters", maxClaimLen)
 	}
@@ -416,7 +419,7 @@ func (l *Ledger) Reserve(c *Chain, now time.Time) (*Reservation, *Rejection) {
 		if e.seen == seenNo {
 			e.seen = seenStaging
 			res.links[i].seen = &Seen{Issuer: link.Claims.Issuer, JTI: link.Claims.ID, Hash: link.Hash,
-				Delegate: string(link.Claims.Audience), ExpiresAt: time.Unix(int64(*link.Claims.Expiry), 0).UTC(), SeenAt: now.UTC()}
+				Delegate: string(link.Claims.Audience), ExpiresAt: time.Unix(int64(*link.Claims.Expiry), 0).UTC(), SeenAt: wire.Time(now)}
 		}
 	}
 	l.prune(now.Unix())

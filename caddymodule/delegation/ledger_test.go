@@ -404,7 +404,7 @@ func TestLedgerRevokeCascades(t *testing.T) {
 	}
 
 	// Revoke the middle: it and its descendant, not its parent or sibling.
-	at := now.Add(time.Minute)
+	at := now.Add(time.Minute).Truncate(time.Microsecond)
 	rev, err := e.l.Revoke(context.Background(), child.Claims.ID, at)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 )
 
 // encoded is e as Put stores it, with the ULID Put would key it under.
@@ -78,7 +79,7 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 		if !put(t, s, e, "") {
 			t.Fatalf("%s: not recorded", name)
 		}
-		for _, f := range []Filter{{AgentID: e.AgentID}, {ConsumerID: e.ConsumerID}, {TaskID: e.TaskID}, {Start: e.Timestamp, End: e.Timestamp}} {
+		for _, f := range []Filter{{AgentID: e.AgentID}, {ConsumerID: e.ConsumerID}, {TaskID: e.TaskID}, {Start: wire.Time(e.Timestamp), End: wire.Time(e.Timestamp)}} {
 			var got []Event
 			if err := s.Each(f, func(x *Event) bool {
 				if x.EnvelopeID == name {
@@ -89,7 +90,8 @@ func TestStoreRoundTripsEveryField(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := e
-			want.Timestamp = want.Timestamp.UTC()
+			// Stored in whole microseconds, as every API gives times.
+			want.Timestamp = wire.Time(want.Timestamp)
 			eq(t, name, got, []Event{want})
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 )
 
 // Event is one task's usage, in the reference's UsageMetrics shape plus the
@@ -193,6 +194,6 @@ func DecodeEvent(b []byte) (*Event, error) {
 	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid usage event: %w", err)
 	}
-	e.Timestamp = e.Timestamp.UTC()
+	e.Timestamp = wire.Time(e.Timestamp)
 	return &e, nil
 }

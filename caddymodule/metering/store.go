@@ -9,6 +9,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -120,7 +121,7 @@ func (s *Store) PutCall(tx *storage.Tx, e *Event, dedup string, digest []byte) (
 			return false, err
 		}
 	}
-	e.Timestamp = e.Timestamp.UTC()
+	e.Timestamp = wire.Time(e.Timestamp)
 	id, err := ulid.New(ulid.Timestamp(e.Timestamp), ulid.DefaultEntropy())
 	if err != nil {
 		return false, err

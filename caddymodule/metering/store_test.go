@@ -11,6 +11,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -328,7 +329,7 @@ func TestPutRefusesYearsAfter9999(t *testing.T) {
 		t.Fatal("year 9999 refused, or the marker of the failed Put survived")
 	}
 	got, err := s.Query(Filter{}, 10, 0)
-	if err != nil || len(got) != 1 || !got[0].Timestamp.Equal(e.Timestamp) {
+	if err != nil || len(got) != 1 || !got[0].Timestamp.Equal(wire.Time(e.Timestamp)) {
 		t.Fatalf("%v %v", got, err)
 	}
 }
@@ -908,7 +909,7 @@ func TestPurgeManyEventsInChunks(t *testing.T) {
 // markers disappear without Purge; outcome counters stay.
 func TestRetentionTTLExpiresEventsWithoutPurge(t *testing.T) {
 	t.Parallel()
-	written := time.Now()
+	written := wire.Time(time.Now())
 	e := validEvent()
 	e.Timestamp = written
 	e.EnvelopeID = "ttl-env"

@@ -9,6 +9,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/wire"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -339,7 +340,7 @@ type Metrics struct {
 }
 
 func metricsOf(agent string, start, end time.Time, b *Bucket) Metrics {
-	m := Metrics{AgentID: agent, PeriodStart: start.UTC(), PeriodEnd: end.UTC(), UptimePercent: 100,
+	m := Metrics{AgentID: agent, PeriodStart: wire.Time(start), PeriodEnd: wire.Time(end), UptimePercent: 100,
 		TasksCompleted: b.Completed, TasksFailed: b.Failed, HealthChecks: b.HealthTotal}
 	if b.HealthTotal > 0 {
 		m.UptimePercent = round2(100 * float64(b.HealthUp) / float64(b.HealthTotal))
@@ -464,7 +465,7 @@ func (t *Tracker) evaluate() {
 			continue
 		}
 		b := Breach{ID: "breach_" + ulid.Make().String(), AgentID: t.agent, BreachType: c.typ,
-			Threshold: c.threshold, Actual: c.actual, Severity: c.severity, DetectedAt: now.UTC()}
+			Threshold: c.threshold, Actual: c.actual, Severity: c.severity, DetectedAt: wire.Time(now)}
 		t.open[key] = &b
 		opened = append(opened, b)
 	}
@@ -477,7 +478,7 @@ func (t *Tracker) evaluate() {
 		if !t.canJudge(key, m) {
 			continue
 		}
-		at := now.UTC()
+		at := wire.Time(now)
 		b.ResolvedAt = &at
 		resolved = append(resolved, *b)
 		delete(t.open, key)
