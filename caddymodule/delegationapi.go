@@ -82,8 +82,17 @@ func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
 	return rec, used, err
 }
 
-func (s delegationService) Revoke(ctx context.Context, id string) error {
+func (s delegationService) Revoke(ctx context.Context, id string, force bool) error {
 	rt, db := s.rt, s.db
+	if !force {
+		known, err := db.ledger.Known(id)
+		if err != nil {
+			return err
+		}
+		if !known {
+			return api.ErrUnknownDelegation
+		}
+	}
 	revoked := func(tx *storage.Tx, r *delegation.Revocation) error {
 		if !rt.audit {
 			return nil

@@ -21,8 +21,14 @@ type DelegationService interface {
 	// Get returns a minted token's record (nil if not minted here) and
 	// its task count.
 	Get(id string) (*delegation.Record, int64, error)
-	Revoke(ctx context.Context, id string) error
+	// Revoke revokes id and what was minted under it. Unless force, an id
+	// neither minted here nor seen in traffic is ErrUnknownDelegation.
+	Revoke(ctx context.Context, id string, force bool) error
 }
+
+// ErrUnknownDelegation is returned by Revoke for an id the sidecar has
+// neither minted nor seen, without force.
+var ErrUnknownDelegation = errors.New("delegation not found")
 
 // ErrNoSigningKey is returned by Mint when no key is available.
 var ErrNoSigningKey = errors.New("no delegation key is configured for this agent")
@@ -71,7 +77,12 @@ func revokeDelegation(w http.ResponseWriter, r *http.Request, s *Services) {
 		Error(w, http.StatusNotFound, "Not Found")
 		return
 	}
-	if err := s.Delegations.Revoke(r.Context(), id); err != nil {
+	force := r.URL.Query().Get("force") == "true"
+	if err := s.Delegations.Revoke(r.Context(), id, force); err != nil {
+		if errors.Is(err, ErrUnknownDelegation) {
+			Error(w, http.StatusNotFound, "Delegation not found: neither minted here nor seen in traffic; to revoke an id learned elsewhere, add ?force=true")
+			return
+		}
 		Error(w, http.StatusInternalServerError, "revoking %s: %v", id, err)
 		return
 	}

@@ -74,7 +74,10 @@ func (s *delegationSvc) Get(id string) (*delegation.Record, int64, error) {
 	return rec, used, err
 }
 
-func (s *delegationSvc) Revoke(ctx context.Context, id string) error {
+func (s *delegationSvc) Revoke(ctx context.Context, id string, force bool) error {
+	if known, err := s.ledger.Known(id); !force && err == nil && !known {
+		return ErrUnknownDelegation
+	}
 	_, err := s.ledger.Revoke(ctx, id, time.Now())
 	return err
 }
@@ -225,8 +228,8 @@ func TestDelegationWithParent(t *testing.T) {
 	if d := detail(t, delCall(t, s, http.MethodPost, "/asap/delegations", string(body)), http.StatusBadRequest); d != `invalid delegation: scope "data.write" is not granted by the parent` {
 		t.Fatalf("detail %q", d)
 	}
-	// Revoking the parent (not minted here) revokes the child.
-	w := delCall(t, s, http.MethodDelete, "/asap/delegations/"+parent.Claims.ID, "")
+	// Revoking the parent (minted elsewhere, so forced) revokes the child.
+	w := delCall(t, s, http.MethodDelete, "/asap/delegations/"+parent.Claims.ID+"?force=true", "")
 	if w.Code != http.StatusNoContent || w.Body.Len() != 0 {
 		t.Fatalf("DELETE parent: %d %q", w.Code, w.Body.String())
 	}
@@ -347,10 +350,18 @@ func TestDelegationListGetRevoke(t *testing.T) {
 		}
 	}
 
-	// Any id can be revoked, also one not minted here; it is not listed
-	// or shown, since it was not minted here.
-	if w := delCall(t, s, http.MethodDelete, "/asap/delegations/del_seen_in_traffic", ""); w.Code != http.StatusNoContent {
-		t.Fatalf("DELETE of a foreign id: %d %s", w.Code, w.Body.String())
+	// An id neither minted nor seen is not found, and stays unrevoked;
+	// with force=true it is revoked (an id learned elsewhere). It is not
+	// listed or shown, since it was not minted here.
+	if w := delCall(t, s, http.MethodDelete, "/asap/delegations/del_seen_in_traffic", ""); w.Code != http.StatusNotFound ||
+		!strings.Contains(w.Body.String(), "force=true") {
+		t.Fatalf("DELETE of an unknown id: %d %s", w.Code, w.Body.String())
+	}
+	if _, revoked := s.ledger.IsRevoked("", "del_seen_in_traffic"); revoked {
+		t.Fatal("an unknown id was revoked without force")
+	}
+	if w := delCall(t, s, http.MethodDelete, "/asap/delegations/del_seen_in_traffic?force=true", ""); w.Code != http.StatusNoContent {
+		t.Fatalf("DELETE of a foreign id with force: %d %s", w.Code, w.Body.String())
 	}
 	if _, revoked := s.ledger.IsRevoked("", "del_seen_in_traffic"); !revoked {
 		t.Fatal("foreign id not revoked")
