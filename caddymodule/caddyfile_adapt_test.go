@@ -19,7 +19,8 @@ import (
 // (caddytest/integration/caddyfile_adapt): a Caddyfile, a line of ten
 // dashes, then either the JSON it adapts to or, for a Caddyfile that must
 // be refused, a piece of the error. They pin the mapping and document the
-// JSON config.
+// JSON config: every option the parsers accept appears in at least one of
+// them (TestCaddyfileAdaptGoldenCoversEveryOption).
 //
 // To add one: write the Caddyfile, adapt it with `asap-caddy adapt
 // --config Caddyfile --pretty`, check that the JSON says what the option
@@ -167,5 +168,44 @@ func walkJSONObjects(v any, fn func(map[string]any)) {
 		for _, e := range x {
 			walkJSONObjects(e, fn)
 		}
+	}
+}
+
+// TestCaddyfileAdaptGoldenCoversEveryOption fails when a keyword a
+// Caddyfile parser of this module accepts (read from the parsers' own
+// switch statements, see caddyfile_options_test.go) appears in no golden
+// file that adapts to JSON.
+func TestCaddyfileAdaptGoldenCoversEveryOption(t *testing.T) {
+	opts, err := parserOptions("..")
+	if err != nil {
+		t.Fatalf("reading the Caddyfile parsers: %v", err)
+	}
+	// Anchors: if the reader stopped seeing the parsers, every option
+	// would vanish and the test would pass vacuously.
+	for _, want := range []string{"asap agent", "asap sla window", "asap alert", "asap_api bearer", "asap_demo_agent ttl_seconds"} {
+		if _, ok := opts[want]; !ok {
+			t.Errorf("the parser reader no longer finds option %q; fix caddyfile_options_test.go", want)
+		}
+	}
+
+	covered := map[string]string{}
+	for _, g := range readGoldenFiles(t) {
+		if !g.isJSON() {
+			continue // a refused Caddyfile pins no mapping
+		}
+		paths, err := goldenOptionPaths(g.name, g.caddyfile)
+		if err != nil {
+			t.Errorf("%s: %v", g.name, err)
+			continue
+		}
+		for p := range paths {
+			if _, ok := covered[p]; !ok {
+				covered[p] = g.name
+			}
+		}
+	}
+	for _, missing := range uncovered(opts, covered) {
+		t.Errorf("Caddyfile option %q (parsed at %s) is in no golden file: add %s/<feature>%s using it, with the JSON it adapts to",
+			missing, opts[missing], "caddymodule/"+goldenDir, goldenExt)
 	}
 }
