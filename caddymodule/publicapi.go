@@ -109,6 +109,11 @@ func parsePublicAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 func (p *PublicAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
+	// Without this, an argument hides the block from NextBlock and both
+	// would be dropped without a word.
+	if d.NextArg() {
+		return d.Errf("asap_api takes no arguments on its first line, got %q; put options in a block", d.Val())
+	}
 	for d.NextBlock(0) {
 		opt := d.Val()
 		var err error

@@ -46,81 +46,155 @@ const (
 // Scopes a payload type can require.
 var Scopes = []string{"task.execute", "task.cancel", "data.read", "data.write"}
 
-// Options configures one asap handler. The JSON names are the Caddyfile's
-// option names.
+// Options configures one asap handler. Each field's JSON name is its
+// Caddyfile option's name, except for the repeatable options, which
+// collect into plural names: action → actions, alert → alerts.
+// caddymodule/testdata/caddyfile_adapt shows every option in both forms.
+//
+// In JSON, durations are strings ("500ms", "720h", "30d") or integer
+// nanoseconds, sizes strings ("16KiB", "10MiB", "1MB") or integer bytes,
+// and percentages strings ("99.5%") or numbers. Zero values and absent
+// fields take the defaults (ApplyDefaults); the ranges are Validate's.
 type Options struct {
-	// Agent is the URN of the protected agent.
+	// Agent is the URN of the protected agent (urn:asap:agent:name):
+	// calls must be addressed to it and its key signs tokens. Required
+	// with delegation require or optional; without it there is no SLA
+	// tracking and no audit checkpoint. Caddyfile: agent <urn>.
 	Agent string `json:"agent,omitempty"`
-	// KeyFile is the agent's Ed25519 private key (PEM PKCS#8 or JWK); it
-	// signs delegations and audit checkpoints.
+	// KeyFile is the path of the agent's Ed25519 private key (PEM
+	// PKCS#8 or JWK); it signs delegations and audit checkpoints.
+	// Default: a key generated once as <storage>/agent.key. Caddyfile:
+	// key <file>.
 	KeyFile string `json:"key,omitempty"`
-	// Trust lists other issuers whose delegation tokens are accepted.
+	// Trust lists other issuers whose delegation tokens may root a
+	// chain here. Default: none, only the agent itself. Caddyfile:
+	// trust <urn> <public key file>, once per issuer.
 	Trust []Trust `json:"trust,omitempty"`
-	// Delegation is the token policy: require, optional or off.
+	// Delegation is the token policy: require (no token, no call),
+	// optional (a call without a token is metered as its sender; a token
+	// that is present is checked) or off (the header is ignored).
+	// Default: require. Caddyfile: delegation require|optional|off.
 	Delegation string `json:"delegation,omitempty"`
-	// Actions maps payload types to the scope they need, on top of the
-	// built-in mapping.
+	// Actions maps payload types to the scope a token needs to send
+	// them (task.execute, task.cancel, data.read, data.write), on top of
+	// the built-in mapping of SPEC §3; unmapped types need "*". Default:
+	// the built-in mapping only. Caddyfile: action <payload type>
+	// <scope>, once per payload type (the last one for a type wins).
 	Actions map[string]string `json:"actions,omitempty"`
-	// MaxChainDepth bounds delegation chains (links).
+	// MaxChainDepth is the most links a delegation chain may have, 1..64.
+	// Default: 8. Caddyfile: max_chain_depth <n>.
 	MaxChainDepth int `json:"max_chain_depth,omitempty"`
-	// MaxTokenSize bounds the delegation header.
+	// MaxTokenSize is the largest X-ASAP-Delegation-Token header (the
+	// whole chain), in bytes, 256B..1MiB. Default: 16KiB. Caddyfile:
+	// max_token_size <size>.
 	MaxTokenSize Size `json:"max_token_size,omitempty"`
-	// ClockSkew is the tolerance for token times (nil: the default; 0 is
-	// a valid choice).
+	// ClockSkew is the tolerance for the token times exp, nbf and iat,
+	// 0..10m. Nil means the default, 30s; an explicit 0 means none.
+	// Caddyfile: clock_skew <duration>.
 	ClockSkew *Duration `json:"clock_skew,omitempty"`
-	// Storage is the Badger directory (default: Caddy's data dir + /asap).
+	// Storage is the directory of the Badger database, opened once per
+	// process and shared by the handlers naming it. Default: Caddy's
+	// data directory + /asap. Caddyfile: storage <dir>.
 	Storage string `json:"storage,omitempty"`
-	// Durability is strict or relaxed.
+	// Durability is strict (an answer reaches the client only once its
+	// usage and audit records are on disk; concurrent tasks share one
+	// fsync) or relaxed (records are written in the background; the last
+	// flush_interval of them can be lost on power loss). Default: strict.
+	// Caddyfile: durability strict|relaxed.
 	Durability string `json:"durability,omitempty"`
-	// Metering is on (default) or off: off keeps no usage events and no
-	// task counters.
+	// Metering is on or off: off records no usage events and no task
+	// counters (delegation task counts are still kept). Default: on.
+	// Caddyfile: metering on|off.
 	Metering string `json:"metering,omitempty"`
-	// Audit is on (default) or off: off appends no audit entries.
+	// Audit is on or off: off appends no audit entries. Default: on.
+	// Caddyfile: audit on|off.
 	Audit string `json:"audit,omitempty"`
 	// CheckpointInterval is how often the audit log's checkpoint is
-	// signed (when it grew).
+	// signed, when the log grew, 1s..24h. Default: 1m. Caddyfile:
+	// checkpoint_interval <duration>.
 	CheckpointInterval Duration `json:"checkpoint_interval,omitempty"`
-	// FlushInterval is how often relaxed writes reach disk.
+	// FlushInterval is how often relaxed writes are synced to disk,
+	// 1ms..1m. It is the database's: handlers sharing a storage directory
+	// use the first one's, and a reload keeps the open database's.
+	// Default: 1s. Caddyfile: flush_interval <duration>.
 	FlushInterval Duration `json:"flush_interval,omitempty"`
-	// Retention is how long usage records are kept.
+	// Retention is how long usage events are kept before they expire, at
+	// least 1m; the audit log is never pruned. Default: 720h (30 days).
+	// Caddyfile: retention <duration> ("30d" works).
 	Retention Duration `json:"retention,omitempty"`
-	// SLA overrides the agent manifest's SLA.
+	// SLA overrides the targets of the agent manifest's sla and tunes
+	// how the SLA is tracked. Nil: the manifest's targets and default
+	// tracking. Caddyfile: sla { ... }.
 	SLA *SLA `json:"sla,omitempty"`
-	// Alerts are the SLA alert sinks beyond the log.
+	// Alerts are where SLA breach and resolution notifications go
+	// besides the log, the audit log and the live streams. Default:
+	// none. Caddyfile: alert webhook <url>, once per sink.
 	Alerts []Alert `json:"alerts,omitempty"`
-	// MaxBody bounds request bodies; larger ones get 413.
+	// MaxBody is the largest request body, in bytes after decoding
+	// gzip, deflate or br, and the largest WebSocket frame, 1KiB..1GiB.
+	// A larger body gets 413, a larger frame closes the socket (1009).
+	// Default: 10MiB. Caddyfile: max_body <size>.
 	MaxBody Size `json:"max_body,omitempty"`
-	// MaxBatch bounds JSON-RPC batches.
+	// MaxBatch is the most calls in one JSON-RPC batch, 1..1000; a
+	// larger batch is refused (-32600, batch_too_large). Default: 50 (the
+	// reference's limit). Caddyfile: max_batch <n>.
 	MaxBatch int `json:"max_batch,omitempty"`
-	// InspectLimit bounds the copy of an agent answer kept for metering.
-	// JSON answers up to this size are held until their records are
-	// stored; larger ones are streamed and metered from what fit.
+	// InspectLimit bounds the copy of an agent answer kept for metering,
+	// in bytes, 1KiB..256MiB. JSON answers up to this size are held
+	// until their records are stored; larger ones are streamed and
+	// metered from what fit. Default: 4MiB. Caddyfile: inspect_limit
+	// <size>.
 	InspectLimit Size `json:"inspect_limit,omitempty"`
 }
 
-// Trust is one trusted delegation issuer.
+// Trust is one trusted delegation issuer (Caddyfile: trust <urn> <file>).
 type Trust struct {
-	Agent   string `json:"agent"`
+	// Agent is the issuer's URN, as tokens name it in iss.
+	Agent string `json:"agent"`
+	// KeyFile is the path of the issuer's Ed25519 public key (PEM PKIX
+	// or JWK).
 	KeyFile string `json:"key"`
 }
 
-// SLA is the service level the sidecar holds the agent to.
+// SLA is the service level the sidecar holds the agent to: the targets
+// override the manifest's one by one, and the rest tunes tracking.
 type SLA struct {
-	Availability   *Percent `json:"availability,omitempty"`
-	MaxLatencyP95  Duration `json:"max_latency_p95,omitempty"`
-	MaxErrorRate   *Percent `json:"max_error_rate,omitempty"`
-	SupportHours   string   `json:"support_hours,omitempty"`
+	// Availability is the least share of successful health checks (a
+	// call that cannot reach the agent counts as a failed one), a
+	// percentage in (0, 100]. Default: the manifest's. Caddyfile:
+	// availability <percent>.
+	Availability *Percent `json:"availability,omitempty"`
+	// MaxLatencyP95 is the most the 95th percentile of task durations
+	// may be, at least 1ms. Default: the manifest's max_latency_p95_ms.
+	// Caddyfile: max_latency_p95 <duration>.
+	MaxLatencyP95 Duration `json:"max_latency_p95,omitempty"`
+	// MaxErrorRate is the most the share of failed tasks may be, a
+	// percentage in [0, 100]; 0 is a target, not "unset". Default: the
+	// manifest's. Caddyfile: max_error_rate <percent>.
+	MaxErrorRate *Percent `json:"max_error_rate,omitempty"`
+	// SupportHours is shown with the SLA and not enforced. Default: the
+	// manifest's. Caddyfile: support_hours <text>.
+	SupportHours string `json:"support_hours,omitempty"`
+	// HealthInterval is how often the agent's health is checked,
+	// 100ms..1h. Default: 10s. Caddyfile: health_interval <duration>.
 	HealthInterval Duration `json:"health_interval,omitempty"`
-	MinSamples     int      `json:"min_samples,omitempty"`
-	// HealthURL is checked instead of the agent's health endpoint reached
-	// through the upstream.
+	// MinSamples is how many samples a window needs before a breach can
+	// open, 1..1000000 (so one slow call pages no one). Default: 20.
+	// Caddyfile: min_samples <n>.
+	MinSamples int `json:"min_samples,omitempty"`
+	// HealthURL is an http(s) URL checked instead of the agent's
+	// /.well-known/asap/health reached through the upstream. Default:
+	// that endpoint. Caddyfile: health_url <url>.
 	HealthURL string `json:"health_url,omitempty"`
-	// Window is the rolling window breaches are judged on (default 1h).
+	// Window is the rolling window breaches are judged on, whole
+	// minutes within 1m..6h. Default: 1h. Caddyfile: window <duration>.
 	Window Duration `json:"window,omitempty"`
 }
 
-// Alert is one alert sink.
+// Alert is one alert sink (Caddyfile: alert webhook <url>).
 type Alert struct {
+	// Webhook is an http(s) URL every sla.breach and sla.resolved
+	// notification is POSTed to, retried with backoff.
 	Webhook string `json:"webhook,omitempty"`
 }
 

@@ -422,6 +422,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 func (a *Agent) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
+	// Without this, an argument hides the block from NextBlock and both
+	// would be dropped without a word.
+	if d.NextArg() {
+		return d.Errf("asap_demo_agent takes no arguments on its first line, got %q; put options in a block", d.Val())
+	}
 	for d.NextBlock(0) {
 		opt := d.Val()
 		if !d.NextArg() {
