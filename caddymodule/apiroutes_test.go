@@ -122,6 +122,15 @@ func TestEveryAPIRouteOnBothMounts(t *testing.T) {
 		t.Errorf("revoked delegation: %d %s", code, body)
 	}
 
+	// An id neither minted nor seen in traffic: 404, unless forced.
+	unknown := "http://" + s.adminAddr + "/asap/delegations/del_never_seen_here"
+	if code, body, _ := do(http.MethodDelete, unknown, false); code != http.StatusNotFound || !strings.Contains(body, "force=true") {
+		t.Errorf("DELETE of an unknown id: %d %s", code, body)
+	}
+	if code, body, _ := do(http.MethodDelete, unknown+"?force=true", false); code != http.StatusNoContent {
+		t.Errorf("forced DELETE of an unknown id: %d %s", code, body)
+	}
+
 	// A known path with another method: 405 with Allow on both mounts.
 	for _, tc := range []struct{ method, admin, public, allow string }{
 		{http.MethodDelete, "/asap/usage", "/usage", "GET, POST"},
