@@ -673,7 +673,7 @@ func validOptions() *Options {
 			HealthInterval: Duration(10 * time.Second),
 			MinSamples:     20,
 		},
-		Alerts:       []Alert{{Webhook: "https://ops.example/alerts"}, {Webhook: "http://127.0.0.1:9000/hook"}},
+		Alerts:             []Alert{{Webhook: "https://ops.example/alerts"}, {Webhook: "http://127.0.0.1:9000/hook"}},
 		MaxBody:            10 << 20,
 		MaxBatch:           50,
 		InspectLimit:       4 << 20,
