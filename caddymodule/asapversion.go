@@ -14,11 +14,10 @@ import (
 // server: before the body is read or a token looked at, the request's
 // ASAP-Version list is matched against asap_versions. A list naming none
 // of them is answered -32000 here and never forwarded (refused, with the
-// error of writing that answer). Else
-// the answer writer returned stamps the negotiated version on whatever
-// answer goes out, the agent's or the sidecar's own, and the agent is
-// asked in that version alone, so it answers in the version the client
-// is told.
+// error of writing that answer). Else the writer returned stamps the
+// negotiated version on whatever answer goes out, the agent's or the
+// sidecar's own, and the agent is asked in that version alone, so that
+// it answers in the version the client is told.
 func (h *Handler) negotiateVersion(w http.ResponseWriter, r *http.Request) (_ http.ResponseWriter, refused bool, err error) {
 	values := r.Header.Values(protocol.VersionHeader)
 	version, ok := h.versions.Negotiate(values)
@@ -41,13 +40,14 @@ func (h *Handler) negotiateVersion(w http.ResponseWriter, r *http.Request) (_ ht
 // adds the agent's headers to ours, so setting it beforehand would give
 // two).
 type versionWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	// By value: one allocation a request.
+	caddyhttp.ResponseWriterWrapper
 	version string
 	stamped bool
 }
 
 func withVersion(w http.ResponseWriter, version string) *versionWriter {
-	return &versionWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, version: version}
+	return &versionWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, version: version}
 }
 
 func (vw *versionWriter) stamp() {
