@@ -53,6 +53,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body        <size>
 //		max_batch       <n>
 //		inspect_limit   <size>
+//		asap_versions   <version>...
+//		default_asap_version <version>
 //	}
 //
 // Values are checked here for form and in Validate for range, so that both
@@ -136,6 +138,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = intArg(d, &o.MaxBatch)
 		case "inspect_limit":
 			err = sizeArg(d, &o.InspectLimit)
+		case "asap_versions":
+			// Repeated lines add to the list.
+			vs := d.RemainingArgs()
+			if len(vs) == 0 {
+				err = argError("missing value: list the ASAP-Version values to accept, e.g. asap_versions 2.1 2.2")
+			}
+			o.ASAPVersions = append(o.ASAPVersions, vs...)
+		case "default_asap_version":
+			err = oneArg(d, &o.DefaultASAPVersion)
 		default:
 			return d.Errf("unknown asap option %q", opt)
 		}

@@ -60,6 +60,8 @@ func TestCaddyfileParsesEveryOption(t *testing.T) {
 		max_body        2MiB
 		max_batch       25
 		inspect_limit   1MB
+		asap_versions   2.2 2.1
+		default_asap_version 2.1
 	}`)
 	o := h.Options
 
@@ -80,6 +82,8 @@ func TestCaddyfileParsesEveryOption(t *testing.T) {
 		{"max_body", o.MaxBody, config.Size(2 << 20)},
 		{"max_batch", o.MaxBatch, 25},
 		{"inspect_limit", o.InspectLimit, config.Size(1_000_000)},
+		{"asap_versions", strings.Join(o.ASAPVersions, " "), "2.2 2.1"},
+		{"default_asap_version", o.DefaultASAPVersion, "2.1"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -157,6 +161,8 @@ func TestCaddyfileParsesEachOptionAlone(t *testing.T) {
 		{"max_body 10MiB", func(o *config.Options) bool { return o.MaxBody == 10<<20 }},
 		{"max_batch 1000", func(o *config.Options) bool { return o.MaxBatch == 1000 }},
 		{"inspect_limit 16KiB", func(o *config.Options) bool { return o.InspectLimit == 16<<10 }},
+		{"asap_versions 2.2 2.1", func(o *config.Options) bool { return reflect.DeepEqual(o.ASAPVersions, []string{"2.2", "2.1"}) }},
+		{"default_asap_version 2.1", func(o *config.Options) bool { return o.DefaultASAPVersion == "2.1" }},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Fields(tt.line)[0], func(t *testing.T) {
@@ -237,6 +243,8 @@ func TestCaddyfileRepeatedOptions(t *testing.T) {
 		agent urn:asap:agent:second
 		action task.request data.read
 		action task.request task.execute
+		asap_versions 2.1
+		asap_versions 2.2 3.0
 		sla {
 			availability 99%
 		}
@@ -249,6 +257,9 @@ func TestCaddyfileRepeatedOptions(t *testing.T) {
 	}
 	if len(h.Actions) != 1 || h.Actions["task.request"] != "task.execute" {
 		t.Errorf("actions = %v, want the last mapping", h.Actions)
+	}
+	if !reflect.DeepEqual(h.ASAPVersions, []string{"2.1", "2.2", "3.0"}) {
+		t.Errorf("asap_versions = %v, want the lines added up", h.ASAPVersions)
 	}
 	if h.SLA == nil || h.SLA.Availability == nil || *h.SLA.Availability != 99 || h.SLA.MinSamples != 7 {
 		t.Errorf("two sla blocks did not merge: %+v", h.SLA)
@@ -296,6 +307,9 @@ func TestCaddyfileRangesCheckedByValidate(t *testing.T) {
 		{"trust research /k", "trust"},
 		{"action task.request run", "action"},
 		{"alert webhook ftp://x", "alert"},
+		{"asap_versions 2.2 2.2", "asap_versions"},
+		{"default_asap_version 9.9", "default_asap_version"},
+		{"asap_versions 2.1", "default_asap_version"}, // the default 2.2 is not listed
 		{"sla {\n\t\tavailability 150%\n\t}", "sla availability"},
 		{"sla {\n\t\tmin_samples 2000000\n\t}", "sla min_samples"},
 	}
@@ -357,6 +371,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"max_body missing", "asap {\n\tmax_body\n}", []string{"asap option max_body: missing value"}},
 		{"max_batch missing", "asap {\n\tmax_batch\n}", []string{"asap option max_batch: missing value"}},
 		{"inspect_limit missing", "asap {\n\tinspect_limit\n}", []string{"asap option inspect_limit: missing value"}},
+		{"asap_versions missing", "asap {\n\tasap_versions\n}", []string{"asap option asap_versions: missing value", "e.g. asap_versions 2.1 2.2"}},
+		{"default_asap_version missing", "asap {\n\tdefault_asap_version\n}", []string{"asap option default_asap_version: missing value"}},
+		{"default_asap_version extra", "asap {\n\tdefault_asap_version 2.1 2.2\n}", []string{`asap option default_asap_version: takes one value, got another: "2.2"`}},
 		{"sla availability missing", "asap {\n\tsla {\n\t\tavailability\n\t}\n}", []string{"asap option sla availability: missing value"}},
 		{"sla max_latency_p95 missing", "asap {\n\tsla {\n\t\tmax_latency_p95\n\t}\n}", []string{"asap option sla max_latency_p95: missing value"}},
 		{"sla max_error_rate missing", "asap {\n\tsla {\n\t\tmax_error_rate\n\t}\n}", []string{"asap option sla max_error_rate: missing value"}},

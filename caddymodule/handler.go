@@ -39,6 +39,7 @@ type Handler struct {
 	audit      bool
 	limits     protocol.Limits
 	actions    map[protocol.PayloadType]string
+	versions   protocol.Versions
 }
 
 // CaddyModule returns the Caddy module information.
@@ -62,6 +63,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.audit = h.Audit != config.MeteringOff
 	h.limits = protocol.Limits{MaxBatch: h.MaxBatch}
 	h.actions = actionsOf(h.Actions)
+	h.versions = h.Options.Versions()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("asap: registering metrics: %w", err)
 	}
@@ -81,8 +83,10 @@ func (h *Handler) Validate() error { return h.Options.Validate() }
 const storeWait = 10 * time.Second
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler. A checked request
-// goes parse → authorize → forward → record → respond; WebSocket frames
-// take the same steps in wsproxy.go.
+// goes negotiate the ASAP-Version → parse → authorize → forward → record
+// → respond; WebSocket frames take the same steps in wsproxy.go (the
+// handshake is not version-negotiated: the reference's version middleware
+// serves HTTP requests only).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.rt.capture(next, r)
 	switch classify(r) {
@@ -100,11 +104,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.serveWebSocket(w, r, next, db)
 	case wrongMethod:
+		// Not negotiated (the reference negotiates POSTs only), but
+		// labelled with the default version as the reference does.
+		w = withVersion(w, h.versions.Default)
 		w.Header().Set("Allow", http.MethodPost)
 		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",
 			fmt.Sprintf("%s is not served on %s; send JSON-RPC with POST (or open a WebSocket with GET /asap/ws)", truncateASCII(r.Method, 16), r.URL.Path)).JSON())
 	}
 
+	w, refused, err := h.negotiateVersion(w, r)
+	if refused {
+		return err
+	}
 	sent, req, rejection := h.parse(w, r)
 	if rejection != nil {
 		return rejection()

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 )
 
 // Defaults for options left out.
@@ -145,6 +148,16 @@ type Options struct {
 	// metered from what fit. Default: 4MiB. Caddyfile: inspect_limit
 	// <size>.
 	InspectLimit Size `json:"inspect_limit,omitempty"`
+	// ASAPVersions are the ASAP-Version transport versions accepted on
+	// POST /asap and /asap/stream (default: the reference's 2.1 and 2.2).
+	// A request whose ASAP-Version list names none of them is answered
+	// -32000 and not forwarded. Unset (null) means the default; an empty
+	// list is an error.
+	ASAPVersions []string `json:"asap_versions,omitempty"`
+	// DefaultASAPVersion is the version of a request without an
+	// ASAP-Version header (default 2.2, the reference's); it must be one of
+	// ASAPVersions.
+	DefaultASAPVersion string `json:"default_asap_version,omitempty"`
 }
 
 // Trust is one trusted delegation issuer (Caddyfile: trust <urn> <file>).
@@ -237,6 +250,12 @@ func (o *Options) ApplyDefaults() {
 	if o.InspectLimit == 0 {
 		o.InspectLimit = DefaultInspectLimit
 	}
+	if o.ASAPVersions == nil {
+		o.ASAPVersions = protocol.SupportedVersions()
+	}
+	if o.DefaultASAPVersion == "" {
+		o.DefaultASAPVersion = protocol.DefaultVersion
+	}
 	if o.SLA != nil {
 		setDur(&o.SLA.HealthInterval, DefaultHealthEvery)
 		if o.SLA.MinSamples == 0 {
@@ -326,6 +345,7 @@ func (o *Options) Validate() error {
 	if o.InspectLimit < 1024 || o.InspectLimit > 256<<20 {
 		bad("inspect_limit", "%d bytes is outside 1KiB..256MiB", o.InspectLimit)
 	}
+	errs = append(errs, o.validateVersions()...)
 	if o.SLA != nil {
 		errs = append(errs, o.SLA.validate()...)
 	}
@@ -336,6 +356,45 @@ func (o *Options) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Versions is the ASAP-Version negotiation the options configure (the
+// defaults for what is unset).
+func (o *Options) Versions() protocol.Versions {
+	v := protocol.Versions{Supported: o.ASAPVersions, Default: o.DefaultASAPVersion}
+	if v.Supported == nil {
+		v.Supported = protocol.SupportedVersions()
+	}
+	if v.Default == "" {
+		v.Default = protocol.DefaultVersion
+	}
+	return v
+}
+
+func (o *Options) validateVersions() []error {
+	var errs []error
+	bad := func(opt, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("asap: option %s: %s", opt, fmt.Sprintf(format, a...)))
+	}
+	v := o.Versions()
+	if o.ASAPVersions != nil && len(o.ASAPVersions) == 0 {
+		bad("asap_versions", "the list is empty; name at least one version, or leave the option out for %s",
+			strings.Join(protocol.SupportedVersions(), " "))
+		return errs
+	}
+	for i, s := range v.Supported {
+		switch {
+		case !protocol.ValidVersion(s):
+			bad("asap_versions", "%q is not a version: use printable ASCII without commas or spaces, at most 32 bytes (e.g. 2.2)", s)
+		case slices.Index(v.Supported, s) < i:
+			bad("asap_versions", "%q is listed twice", s)
+		}
+	}
+	if !slices.Contains(v.Supported, v.Default) {
+		bad("default_asap_version", "%q is not one of asap_versions (%s); set default_asap_version to one of them",
+			v.Default, strings.Join(v.Supported, " "))
+	}
+	return errs
 }
 
 func (s *SLA) validate() []error {

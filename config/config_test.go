@@ -486,6 +486,44 @@ func TestOptionsUnmarshalFromOperatorJSON(t *testing.T) {
 	}
 }
 
+// In JSON, a left-out asap_versions is the default, and an empty list is
+// an error rather than a silent default.
+func TestASAPVersionsFromJSON(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    string // the versions and default in effect
+		wantErr string
+	}{
+		{`{}`, "2.1 2.2 / 2.2", ""},
+		{`{"asap_versions": ["2.2"]}`, "2.2 / 2.2", ""},
+		{`{"asap_versions": ["2.1"], "default_asap_version": "2.1"}`, "2.1 / 2.1", ""},
+		{`{"asap_versions": []}`, "", "option asap_versions: the list is empty"},
+		{`{"asap_versions": ["2.1"]}`, "", "option default_asap_version:"},
+	} {
+		var o Options
+		if err := json.Unmarshal([]byte(tc.in), &o); err != nil {
+			t.Fatal(err)
+		}
+		o.Delegation = DelegationOff
+		o.ApplyDefaults()
+		err := o.Validate()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: error %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		v := o.Versions()
+		if got := strings.Join(v.Supported, " ") + " / " + v.Default; got != tc.want {
+			t.Errorf("%s: versions %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 	// The documented default values, spelled out so that a changed constant
 	// is noticed.
@@ -520,6 +558,8 @@ func TestApplyDefaultsFillsEveryDefault(t *testing.T) {
 		{"storage", o.Storage, ""},
 		{"agent", o.Agent, "urn:asap:agent:research"},
 		{"key", o.KeyFile, ""},
+		{"asap_versions", strings.Join(o.ASAPVersions, " "), "2.1 2.2"},
+		{"default_asap_version", o.DefaultASAPVersion, "2.2"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -633,10 +673,12 @@ func validOptions() *Options {
 			HealthInterval: Duration(10 * time.Second),
 			MinSamples:     20,
 		},
-		Alerts:       []Alert{{Webhook: "https://ops.example/alerts"}, {Webhook: "http://127.0.0.1:9000/hook"}},
-		MaxBody:      10 << 20,
-		MaxBatch:     50,
-		InspectLimit: 4 << 20,
+		Alerts:             []Alert{{Webhook: "https://ops.example/alerts"}, {Webhook: "http://127.0.0.1:9000/hook"}},
+		MaxBody:            10 << 20,
+		MaxBatch:           50,
+		InspectLimit:       4 << 20,
+		ASAPVersions:       []string{"2.1", "2.2"},
+		DefaultASAPVersion: "2.2",
 	}
 }
 
@@ -770,6 +812,22 @@ func TestValidateNamesEachBadOption(t *testing.T) {
 		{"alert unparsable", "alert", func(o *Options) { o.Alerts = []Alert{{Webhook: "http://[::1"}} }},
 		{"alert control char", "alert", func(o *Options) { o.Alerts = []Alert{{Webhook: "http://ops.example/\x7f"}} }},
 		{"alert http", "", func(o *Options) { o.Alerts = []Alert{{Webhook: "http://ops.example"}} }},
+		// asap_versions: unset is the default, empty is an error
+		{"asap_versions unset", "", func(o *Options) { o.ASAPVersions = nil }},
+		{"asap_versions empty", "asap_versions", func(o *Options) { o.ASAPVersions = []string{} }},
+		{"asap_versions one", "", func(o *Options) { o.ASAPVersions, o.DefaultASAPVersion = []string{"2.1"}, "2.1" }},
+		{"asap_versions other versions", "", func(o *Options) {
+			o.ASAPVersions, o.DefaultASAPVersion = []string{"2.2", "3.0-beta"}, "3.0-beta"
+		}},
+		{"asap_versions with a comma", "asap_versions", func(o *Options) { o.ASAPVersions = []string{"2.1,2.2", "2.2"} }},
+		{"asap_versions with a space", "asap_versions", func(o *Options) { o.ASAPVersions = []string{"2 .2", "2.2"} }},
+		{"asap_versions empty entry", "asap_versions", func(o *Options) { o.ASAPVersions = []string{"", "2.2"} }},
+		{"asap_versions duplicate", "asap_versions", func(o *Options) { o.ASAPVersions = []string{"2.2", "2.2"} }},
+		// default_asap_version must be among them
+		{"default_asap_version unset", "", func(o *Options) { o.DefaultASAPVersion = "" }},
+		{"default_asap_version 2.1", "", func(o *Options) { o.DefaultASAPVersion = "2.1" }},
+		{"default_asap_version not listed", "default_asap_version", func(o *Options) { o.DefaultASAPVersion = "3.0" }},
+		{"default 2.2 not listed", "default_asap_version", func(o *Options) { o.ASAPVersions, o.DefaultASAPVersion = []string{"2.1"}, "" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -819,6 +877,10 @@ func TestValidateErrorDetails(t *testing.T) {
 		{"clock_skew shows duration", func(o *Options) { o.ClockSkew = durPtr(11 * time.Minute) }, []string{"11m0s is outside 0..10m"}},
 		{"availability shows percent", func(o *Options) { o.SLA.Availability = pct(101) }, []string{"101% is outside (0, 100]"}},
 		{"alert shows URL", func(o *Options) { o.Alerts = []Alert{{Webhook: "ftp://x"}} }, []string{`webhook "ftp://x" is not an http(s) URL`}},
+		{"empty asap_versions says what to do", func(o *Options) { o.ASAPVersions = []string{} }, []string{"the list is empty", "leave the option out for 2.1 2.2"}},
+		{"asap_versions quotes the bad one", func(o *Options) { o.ASAPVersions = []string{"2.1", "2.2, 2.3"} }, []string{`"2.2, 2.3" is not a version`}},
+		{"default_asap_version lists the choices", func(o *Options) { o.ASAPVersions, o.DefaultASAPVersion = []string{"2.1", "3.0"}, "2.2" },
+			[]string{`"2.2" is not one of asap_versions (2.1 3.0)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

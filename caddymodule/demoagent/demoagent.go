@@ -1,6 +1,9 @@
 // Package demoagent is a small ASAP agent, served by Caddy as the
 // `asap_demo_agent` handler, so that the sidecar can be run and tested end
-// to end without a Python agent. Skills: echo, sleep (input.ms), fail.
+// to end without a Python agent. Skills: echo, sleep (input.ms), fail. It
+// negotiates ASAP-Version and answers the identity endpoints the
+// reference's compliance harness probes as the reference agent does
+// (identity.go).
 package demoagent
 
 import (
@@ -11,6 +14,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -92,6 +96,9 @@ func (a *Agent) Validate() error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if !negotiateVersion(w, r) {
+		return nil
+	}
 	switch {
 	case r.URL.Path == "/asap" && r.Method == http.MethodPost:
 		a.serveRPC(w, r)
@@ -103,6 +110,10 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Ha
 		a.serveManifest(w, r)
 	case r.URL.Path == "/.well-known/asap/health":
 		a.serveHealth(w)
+	case r.URL.Path == "/asap/agent/register":
+		serveRegister(w, r)
+	case r.URL.Path == "/asap/capability/list":
+		serveCapabilityList(w, r)
 	case r.URL.Path == "/demo/health" && r.Method == http.MethodPost:
 		var body struct{ Healthy bool }
 		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
@@ -345,8 +356,9 @@ func (a *Agent) serveManifest(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	skill := func(id, d string) map[string]any {
-		return map[string]any{"id": id, "description": d, "input_schema": nil, "output_schema": nil}
+	manifestSkills := make([]any, len(skills))
+	for i, s := range skills {
+		manifestSkills[i] = map[string]any{"id": s.id, "description": s.description, "input_schema": nil, "output_schema": nil}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id":          a.ID,
@@ -354,24 +366,54 @@ func (a *Agent) serveManifest(w http.ResponseWriter, r *http.Request) {
 		"version":     "1.0.0",
 		"description": "Echoes, sleeps and fails on request; ships with asap-sidecar for demos and tests.",
 		"capabilities": map[string]any{
-			"asap_version": "0.1",
-			"skills": []any{
-				skill("echo", "Returns its input"),
-				skill("sleep", "Sleeps input.ms milliseconds"),
-				skill("fail", "Always fails"),
-			},
+			"asap_version":      "0.1",
+			"skills":            manifestSkills,
 			"state_persistence": false,
 			"streaming":         true,
 			"mcp_tools":         []string{},
 		},
 		"endpoints":          map[string]any{"asap": scheme + "://" + r.Host + "/asap", "events": nil},
-		"supported_versions": []string{"2.2"},
+		"supported_versions": protocol.SupportedVersions(),
 		"auth":               nil,
 		"signature":          nil,
 		"sla":                a.SLA,
 		"verification":       nil,
 		"ttl_seconds":        a.TTLSeconds,
 	})
+}
+
+// skills are the demo agent's skills, listed in the manifest and as
+// capabilities.
+var skills = []struct{ id, description string }{
+	{"echo", "Returns its input"},
+	{"sleep", "Sleeps input.ms milliseconds"},
+	{"fail", "Always fails"},
+}
+
+// negotiateVersion does what the reference's version middleware does: on
+// POST /asap and /asap/stream the ASAP-Version list is negotiated (a list
+// naming no supported version is answered -32000 here, and false
+// returned); every answer carries the version, the default on other
+// paths. WebSocket handshakes are left alone, as the middleware serves
+// plain HTTP only.
+func negotiateVersion(w http.ResponseWriter, r *http.Request) bool {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return true
+	}
+	versions := protocol.DefaultVersions()
+	version := versions.Default
+	if r.Method == http.MethodPost && (r.URL.Path == "/asap" || r.URL.Path == "/asap/stream") {
+		values := r.Header.Values(protocol.VersionHeader)
+		v, ok := versions.Negotiate(values)
+		if !ok {
+			w.Header().Set(protocol.VersionHeader, versions.Default)
+			writeRaw(w, http.StatusOK, versions.Incompatible(values).JSON())
+			return false
+		}
+		version = v
+	}
+	w.Header().Set(protocol.VersionHeader, version)
+	return true
 }
 
 func (a *Agent) serveHealth(w http.ResponseWriter) {

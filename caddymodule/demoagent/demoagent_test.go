@@ -946,7 +946,8 @@ func TestManifest(t *testing.T) {
 			MaxErrorRate    string `json:"max_error_rate"`
 			SupportHours    string `json:"support_hours"`
 		} `json:"sla"`
-		TTLSeconds int `json:"ttl_seconds"`
+		TTLSeconds        int      `json:"ttl_seconds"`
+		SupportedVersions []string `json:"supported_versions"`
 	}
 	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
 		t.Fatalf("manifest %s: %v", w.Body, err)
@@ -972,6 +973,9 @@ func TestManifest(t *testing.T) {
 	}
 	if m.TTLSeconds != 300 {
 		t.Errorf("ttl_seconds = %d", m.TTLSeconds)
+	}
+	if !reflect.DeepEqual(m.SupportedVersions, []string{"2.1", "2.2"}) {
+		t.Errorf("supported_versions = %v, want the versions it negotiates", m.SupportedVersions)
 	}
 	if m.Endpoints["asap"] != "http://agent.example:9000/asap" {
 		t.Errorf("endpoints.asap = %v", m.Endpoints["asap"])

@@ -50,6 +50,8 @@ var codeMessages = map[int]string{
 	CodeTokenScope:      "Delegation scope not granted",
 	CodeTokenAudience:   "Delegation audience mismatch",
 	CodeTokenLimitSpent: "Delegation task limit reached",
+	// The reference's message for -32000.
+	CodeVersionIncompatible: "ASAP protocol version incompatible",
 }
 
 // Error is a JSON-RPC error the sidecar answers with instead of forwarding.
