@@ -152,11 +152,12 @@ type Options struct {
 	// POST /asap and /asap/stream (default: the reference's 2.1 and 2.2).
 	// A request whose ASAP-Version list names none of them is answered
 	// -32000 and not forwarded. Unset (null) means the default; an empty
-	// list is an error.
+	// list is an error. Caddyfile: asap_versions <version>... (repeated
+	// lines add up).
 	ASAPVersions []string `json:"asap_versions,omitempty"`
 	// DefaultASAPVersion is the version of a request without an
 	// ASAP-Version header (default 2.2, the reference's); it must be one of
-	// ASAPVersions.
+	// ASAPVersions. Caddyfile: default_asap_version <version>.
 	DefaultASAPVersion string `json:"default_asap_version,omitempty"`
 }
 
