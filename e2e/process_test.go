@@ -37,7 +37,14 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "asap-caddy")
 	_, here, _, _ := runtime.Caller(0)
-	build := exec.Command("go", "build", "-o", binary, "./cmd/asap-caddy")
+	args := []string{"build", "-o", binary}
+	if cover := os.Getenv("ASAP_E2E_COVERDIR"); cover != "" {
+		// scripts/coverage.sh: a -cover binary writes its counters to
+		// GOCOVERDIR when it exits, to be merged with the unit tests'.
+		args = append(args, "-cover", "-coverpkg=github.com/asap-sidecar/asap-sidecar/...")
+		os.Setenv("GOCOVERDIR", cover)
+	}
+	build := exec.Command("go", append(args, "./cmd/asap-caddy")...)
 	build.Dir = filepath.Join(filepath.Dir(here), "..")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {

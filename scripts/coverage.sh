@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Coverage of the whole program: the unit tests and the e2e tests (which
+# run the built asap-caddy binary as separate processes), merged. Prints
+# the coverage of each package and the total; with -o FILE also writes
+# the merged profile in `go tool cover` text form.
+# Usage: scripts/coverage.sh [-o cover.out]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=""
+if [ "${1:-}" = "-o" ]; then out=$2; fi
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir/unit" "$dir/e2e" "$dir/merged"
+pkgs=$(go list ./... | grep -v /e2e)
+# Unit tests, each package's counters for the whole module.
+go test -count=1 -cover -coverpkg=github.com/asap-sidecar/asap-sidecar/... $pkgs -args -test.gocoverdir="$dir/unit" >/dev/null
+# e2e: the binary is built with -cover and writes to ASAP_E2E_COVERDIR.
+ASAP_E2E_COVERDIR="$dir/e2e" go test -count=1 ./e2e >/dev/null
+go tool covdata merge -i="$dir/unit,$dir/e2e" -o="$dir/merged"
+go tool covdata textfmt -i="$dir/merged" -o="$dir/cover.out"
+go tool covdata percent -i="$dir/merged" | sed 's/^/  /'
+echo "e2e alone:"
+go tool covdata percent -i="$dir/e2e" | grep -E 'caddymodule\s|caddymodule$' | sed 's/^/  /' || true
+printf 'total (unit + e2e): %s\n' "$(go tool cover -func="$dir/cover.out" | awk '/^total:/ {print $3}')"
+if [ -n "$out" ]; then cp "$dir/cover.out" "$out"; fi
