@@ -402,6 +402,8 @@ func TestOAuthExecuteScopeMintsOnlyForItself(t *testing.T) {
 		callAPI(t, "POST", deleg, exec, body).want(t, "execute token, "+name, http.StatusForbidden,
 			`error="insufficient_scope"`, `scope="asap:admin"`)
 	}
+	huge := `{"delegate":"` + testSubject + `","scopes":["` + strings.Repeat("x", maxMintBody) + `"]}`
+	callAPI(t, "POST", deleg, exec, huge).want(t, "execute token, oversized body", http.StatusRequestEntityTooLarge)
 	for _, c := range []struct{ method, path, body string }{
 		{"GET", "/asap/delegations", ""},
 		{"GET", "/asap/delegations/del_x", ""},

@@ -95,7 +95,7 @@ func newOAuthVerifier(ctx caddy.Context, o *OAuth2) (*oauthVerifier, error) {
 	v.cache = jwk.NewCache(v.ctx, jwk.WithRefreshWindow(min(refresh, time.Minute)),
 		jwk.WithErrSink(jwkErrSink{v}))
 	err := v.cache.Register(v.jwksURL, jwk.WithRefreshInterval(refresh),
-		jwk.WithHTTPClient(jwksClient{&http.Client{Timeout: jwksTimeout}}))
+		jwk.WithHTTPClient(jwksClient{&http.Client{Timeout: jwksTimeout, CheckRedirect: jwksRedirect}}))
 	if err != nil {
 		v.cancel()
 		return nil, fmt.Errorf("asap_api oauth2 option jwks_url: %w", err)
@@ -137,6 +137,14 @@ func (j jwksClient) Get(u string) (*http.Response, error) {
 	}
 	res.Body = &limitedBody{ReadCloser: res.Body, left: maxJWKSBody}
 	return res, nil
+}
+
+// jwksRedirect follows redirects only to where jwks_url could point.
+func jwksRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 5 {
+		return errors.New("more than 5 redirects")
+	}
+	return checkJWKSURL(req.URL.String())
 }
 
 type limitedBody struct {
@@ -193,7 +201,7 @@ func (v *oauthVerifier) refetch(started time.Time) bool {
 
 // verify checks token and returns its principal.
 func (v *oauthVerifier) verify(token string) (principal, *authError) {
-	if len(token) > maxAccessToken || strings.Count(token, ".") != 2 {
+	if !compactJWS(token) {
 		return principal{}, invalidToken("The access token is not a compact JWT")
 	}
 	started := time.Now()
@@ -208,6 +216,22 @@ func (v *oauthVerifier) verify(token string) (principal, *authError) {
 	p := principal{subject: tok.Subject(), scopes: scopes}
 	p.admin = p.hasScope(v.scope)
 	return p, nil
+}
+
+// compactJWS says whether token has the form of a compact JWS: three
+// base64url parts. JSON serializations (several signatures, unprotected
+// headers) are not access tokens.
+func compactJWS(token string) bool {
+	if len(token) > maxAccessToken || strings.Count(token, ".") != 2 {
+		return false
+	}
+	for i := 0; i < len(token); i++ {
+		c := token[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 func (v *oauthVerifier) parse(token string) (jwt.Token, *keyPicker, error) {

@@ -108,9 +108,14 @@ type authError struct {
 	code   string // "", invalid_token or insufficient_scope
 	desc   string // error_description: fixed text, never caller input
 	scope  string // the scope that would be enough, with insufficient_scope
+	detail string // the body's detail, when not the reference's for status
 }
 
 func (e *authError) write(w http.ResponseWriter) {
+	if e.detail != "" {
+		api.Error(w, e.status, "%s", e.detail)
+		return
+	}
 	challenge := `Bearer realm="asap"`
 	if e.code != "" {
 		challenge += `, error="` + e.code + `"`
@@ -225,9 +230,11 @@ func (a *operatorAuth) authorize(r *http.Request, p principal) *authError {
 		return deny
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxMintBody+1))
-	if err != nil || len(b) > maxMintBody {
-		return &authError{status: http.StatusRequestEntityTooLarge, code: "invalid_request",
-			desc: "The delegation request could not be read within 4 MiB"}
+	switch {
+	case err != nil:
+		return &authError{status: http.StatusBadRequest, detail: "reading the delegation request: " + err.Error()}
+	case len(b) > maxMintBody:
+		return &authError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("request body larger than %d bytes", maxMintBody)}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	// Decoded exactly as the route decodes it, so the delegate checked

@@ -336,3 +336,35 @@ func TestPublicAPIValidatesOAuth2(t *testing.T) {
 		}
 	}
 }
+
+func TestCompactJWSForm(t *testing.T) {
+	for token, want := range map[string]bool{
+		"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln": true,
+		"a.b.":                              true,
+		"a.b":                               false,
+		"a.b.c.d":                           false,
+		`{"payload":"a.b","signatures":[]}`: false,
+		"a.b.c d":                           false,
+		"a.b+c.d":                           false,
+		"a.b.c=":                            false,
+		strings.Repeat("a", maxAccessToken) + ".b.c":   false,
+		strings.Repeat("a", maxAccessToken-4) + ".b.c": true,
+	} {
+		if got := compactJWS(token); got != want {
+			t.Errorf("compactJWS(%.40q) = %v", token, got)
+		}
+	}
+}
+
+func TestJWKSRedirectStaysOnHTTPS(t *testing.T) {
+	req := func(u string) *http.Request { r, _ := http.NewRequest("GET", u, nil); return r }
+	if err := jwksRedirect(req("https://idp2.example/jwks"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := jwksRedirect(req("http://idp2.example/jwks"), nil); err == nil {
+		t.Fatal("redirect to plain http followed")
+	}
+	if err := jwksRedirect(req("https://idp2.example/jwks"), make([]*http.Request, 5)); err == nil {
+		t.Fatal("sixth redirect followed")
+	}
+}
