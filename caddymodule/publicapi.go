@@ -1,8 +1,6 @@
 package caddymodule
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"net/http"
 	"strings"
@@ -23,19 +21,22 @@ func init() {
 
 // PublicAPI mounts the operator APIs on a site at the reference's paths
 // (/usage, …) for operators who want them outside the admin endpoint.
-// Every call needs the configured bearer credential; anything else under
-// those paths gets 401, and other paths go on to the next handler.
+// Every call needs the configured bearer credential or an OAuth2 access
+// token; anything else under those paths gets 401 (403 for a token
+// without the scope), and other paths go on to the next handler.
 type PublicAPI struct {
 	// Bearer is the credential callers send as "Authorization: Bearer
 	// <credential>". Placeholders such as {env.ASAP_API_TOKEN} are
-	// expanded at load. Required.
+	// expanded at load. Bearer, OAuth2 or both are required.
 	Bearer string `json:"bearer,omitempty"`
+	// OAuth2 accepts JWT access tokens from an authorization server.
+	OAuth2 *OAuth2 `json:"oauth2,omitempty"`
 	// Storage names the database when several asap handlers use
 	// different ones.
 	Storage string `json:"storage,omitempty"`
 
 	api  *api.Handler
-	hash [32]byte
+	auth operatorAuth
 }
 
 // CaddyModule returns the Caddy module information.
@@ -46,12 +47,13 @@ func (*PublicAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision expands the credential and finds the asap app.
+// Provision expands the credential, sets up token checking and finds the
+// asap app.
 func (p *PublicAPI) Provision(ctx caddy.Context) error {
 	p.Bearer = caddy.NewReplacer().ReplaceKnown(p.Bearer, "")
-	// Compare digests, so the comparison takes the same time whatever
-	// the lengths.
-	p.hash = sha256.Sum256([]byte(p.Bearer))
+	if err := p.auth.provision(ctx, p.Bearer, p.OAuth2); err != nil {
+		return err
+	}
 	appIface, err := ctx.App("asap")
 	if err != nil {
 		return err
@@ -63,10 +65,19 @@ func (p *PublicAPI) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// Cleanup stops the JWKS refresh.
+func (p *PublicAPI) Cleanup() error {
+	p.auth.cleanup()
+	return nil
+}
+
 // Validate refuses an anonymous public API.
 func (p *PublicAPI) Validate() error {
+	if p.OAuth2 != nil && p.Bearer == "" {
+		return nil // the oauth2 block was checked in Provision
+	}
 	if strings.TrimSpace(p.Bearer) == "" {
-		return errors.New("asap_api: option bearer: a credential is required; the public API is never anonymous (use {env.NAME} to keep it out of the file)")
+		return errors.New("asap_api: option bearer or oauth2: a credential is required; the public API is never anonymous (use {env.NAME} to keep it out of the file)")
 	}
 	if len(p.Bearer) < 16 {
 		return errors.New("asap_api: option bearer: use a credential of at least 16 characters")
@@ -79,18 +90,15 @@ func (p *PublicAPI) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if !p.api.Owns(r.URL.Path) {
 		return next.ServeHTTP(w, r)
 	}
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || strings.TrimSpace(token) == "" {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="asap"`)
-		api.Error(w, http.StatusUnauthorized, "Authentication required")
+	who, aerr := p.auth.authenticate(r)
+	if aerr == nil {
+		aerr = p.auth.authorize(r, who)
+	}
+	if aerr != nil {
+		aerr.write(w)
 		return nil
 	}
-	got := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	if subtle.ConstantTimeCompare(got[:], p.hash[:]) != 1 {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="asap", error="invalid_token"`)
-		api.Error(w, http.StatusUnauthorized, "Invalid authentication token")
-		return nil
-	}
+	r = r.WithContext(withPrincipal(r.Context(), who))
 	p.api.ServeHTTP(w, r)
 	return nil
 }
@@ -105,6 +113,15 @@ func parsePublicAPI(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	asap_api {
 //		bearer  <credential>
+//		oauth2 {
+//			jwks_url   <url>
+//			key        <public key file>...
+//			issuer     <iss>
+//			audience   <aud>
+//			scope      <scope>
+//			refresh    <duration>
+//			clock_skew <duration>
+//		}
 //		storage <dir>
 //	}
 func (p *PublicAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -120,6 +137,16 @@ func (p *PublicAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt {
 		case "bearer":
 			err = oneArg(d, &p.Bearer)
+		case "oauth2":
+			if d.NextArg() {
+				return d.Errf("asap_api option oauth2 takes a block, not %q", d.Val())
+			}
+			if p.OAuth2 == nil {
+				p.OAuth2 = new(OAuth2)
+			}
+			if err := parseOAuth2(d, p.OAuth2); err != nil {
+				return err // already names the option
+			}
 		case "storage":
 			err = oneArg(d, &p.Storage)
 		default:
@@ -135,6 +162,7 @@ func (p *PublicAPI) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*PublicAPI)(nil)
+	_ caddy.CleanerUpper          = (*PublicAPI)(nil)
 	_ caddy.Validator             = (*PublicAPI)(nil)
 	_ caddyhttp.MiddlewareHandler = (*PublicAPI)(nil)
 	_ caddyfile.Unmarshaler       = (*PublicAPI)(nil)
