@@ -327,7 +327,10 @@ func writeVerdict(w io.Writer, problems []string) {
 func (in *inspection) when(sec int64) string {
 	t := time.Unix(sec, 0).UTC()
 	d := t.Sub(in.now).Round(time.Second)
-	if d >= 0 {
+	switch {
+	case d == 0:
+		return t.Format(time.RFC3339) + " (now)"
+	case d > 0:
 		return fmt.Sprintf("%s (in %s)", t.Format(time.RFC3339), d)
 	}
 	return fmt.Sprintf("%s (%s ago)", t.Format(time.RFC3339), -d)

@@ -683,3 +683,17 @@ func TestCommandsRunThroughCobra(t *testing.T) {
 		t.Fatalf("inspect of a bad token through cobra: %v", err)
 	}
 }
+
+func TestInspectTimesSayHowFar(t *testing.T) {
+	now := time.Unix(1_800_000_000, 400_000_000)
+	in := inspection{now: now}
+	for sec, want := range map[int64]string{
+		now.Unix():        "2027-01-15T08:00:00Z (now)",
+		now.Unix() + 90:   "2027-01-15T08:01:30Z (in 1m30s)",
+		now.Unix() - 7200: "2027-01-15T06:00:00Z (2h0m0s ago)",
+	} {
+		if got := in.when(sec); got != want {
+			t.Errorf("when(%d) = %q, want %q", sec, got, want)
+		}
+	}
+}
