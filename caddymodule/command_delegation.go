@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -388,13 +389,17 @@ func delegationRevokeCommand() *cobra.Command {
 		Long: `
 Revokes the token id ID (a jti, del_…) for every issuer, and with it every
 token delegated under it, whoever minted it: the next request presenting
-any of them is refused, also after restarts. Any id can be revoked, also
-one seen only in traffic or in the audit log. Asks the running sidecar, or
-with --db writes the revocation into a stopped sidecar's database.`,
+any of them is refused, also after restarts. An id the sidecar neither
+minted nor saw in traffic is refused as a likely typo unless --force (for
+an id learned elsewhere, such as another sidecar's audit log). Asks the
+running sidecar, or with --db writes the revocation into a stopped
+sidecar's database.`,
 		Example: `  asap-caddy asap delegation revoke del_01JDEMO00000000000000000
-  asap-caddy asap delegation revoke --db /var/lib/asap del_01JDEMO00000000000000000`,
+  asap-caddy asap delegation revoke --db /var/lib/asap del_01JDEMO00000000000000000
+  asap-caddy asap delegation revoke --force del_01JSEENELSEWHERE000000000`,
 		Args: cobra.ExactArgs(1),
 	}, cmdDelegationRevoke, func(fs *pflag.FlagSet) {
+		fs.Bool("force", false, "revoke an id the sidecar neither minted nor saw in traffic")
 		addDBFlag(fs, "revoke in this stopped sidecar's storage directory")
 		addAdminFlags(fs)
 	})
@@ -405,9 +410,17 @@ func cmdDelegationRevoke(fl caddycmd.Flags) (int, error) {
 	if id == "" {
 		return exitFailure, errors.New("give the token id to revoke (its jti, del_…)")
 	}
+	force := fl.Bool("force")
 	if fl.String("db") == "" {
-		resp, err := adminRequest(fl, http.MethodDelete, "/asap/delegations/"+id, nil)
+		uri := "/asap/delegations/" + url.PathEscape(id)
+		if force {
+			uri += "?force=true"
+		}
+		resp, err := adminRequest(fl, http.MethodDelete, uri, nil)
 		if err != nil {
+			if strings.Contains(err.Error(), "HTTP 404") {
+				err = fmt.Errorf("%w (--force revokes it anyway)", err)
+			}
 			return exitFailure, err
 		}
 		resp.Body.Close()
@@ -422,6 +435,15 @@ func cmdDelegationRevoke(fl caddycmd.Flags) (int, error) {
 	l, err := delegation.OpenLedger(db)
 	if err != nil {
 		return exitFailure, err
+	}
+	if !force {
+		known, err := l.Known(id)
+		if err != nil {
+			return exitFailure, err
+		}
+		if !known {
+			return exitFailure, fmt.Errorf("%s was neither minted by this sidecar nor seen in its traffic; --force revokes it anyway", id)
+		}
 	}
 	rev, err := l.Revoke(context.Background(), id, time.Now())
 	if err != nil {

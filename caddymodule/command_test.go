@@ -540,6 +540,13 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	if _, out, err := run(t, cmdUsageExport, "usage export", addr...); err != nil || !strings.Contains(out, "urn:asap:agent:client") {
 		t.Fatalf("usage export: %v %s", err, out)
 	}
+	// An id neither minted nor seen is likely a typo: refused unless --force.
+	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(addr, "del_unknown")...)); code == 0 || err == nil || !strings.Contains(err.Error(), "--force revokes it anyway") {
+		t.Fatalf("revoke of an unknown id: %d %v", code, err)
+	}
+	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(addr, "--force", "del_unknown")...)); code != 0 {
+		t.Fatalf("revoke --force: %v", err)
+	}
 	// A running sidecar holds its database.
 	if _, _, err := run(t, cmdAuditVerify, "audit verify", "--db", s.dir); err == nil || !strings.Contains(err.Error(), "drop --db") {
 		t.Fatalf("--db of a running sidecar: %v", err)
@@ -569,6 +576,9 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	sameDirState(t, before, dirState(t, s.dir))
 
 	// revoke --db writes; inspect --db then sees it.
+	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(db, "del_other")...)); code == 0 || err == nil || !strings.Contains(err.Error(), "--force revokes it anyway") {
+		t.Fatalf("revoke --db of an unknown id: %d %v", code, err)
+	}
 	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(db, id)...)); code != 0 {
 		t.Fatalf("revoke --db: %v", err)
 	}
