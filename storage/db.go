@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +33,13 @@ type Options struct {
 	// GCInterval is how often the value log is garbage collected so that
 	// expired (TTL) and deleted records give their space back. Default 10m.
 	GCInterval time.Duration
+	// ReadOnly opens an existing database for reading only (Badger's
+	// ReadOnly mode, a shared lock): no file in Dir is written, writes fail
+	// with ErrReadOnly, and a process holding the database read-write
+	// keeps others out. A database that was not closed cleanly cannot be
+	// opened this way (ErrNotClosedCleanly): its write-ahead log must first
+	// be replayed by a read-write open.
+	ReadOnly bool
 }
 
 // DB is the shared database handle. It is safe for concurrent use.
@@ -60,6 +69,8 @@ type DB struct {
 	vlogThreshold int64
 	// flushTicker starts the flush loop's ticker.
 	flushTicker func(time.Duration) (<-chan time.Time, func())
+	// readOnly: opened with Options.ReadOnly, no pipeline running.
+	readOnly bool
 }
 
 // deps are what the pipeline depends on outside itself: the fsync and the
@@ -82,6 +93,13 @@ func realTicker(d time.Duration) (<-chan time.Time, func()) {
 
 // ErrClosed is returned by writes submitted after Close.
 var ErrClosed = errors.New("storage: database is closed")
+
+// ErrReadOnly is returned by writes to a database opened ReadOnly.
+var ErrReadOnly = errors.New("storage: database is open read-only")
+
+// ErrNotClosedCleanly is returned by a ReadOnly open of a database whose
+// write-ahead log still needs replaying.
+var ErrNotClosedCleanly = errors.New("storage: database was not closed cleanly")
 
 // ErrNotFound is returned by Tx.Get for a missing key.
 var ErrNotFound = badger.ErrKeyNotFound
@@ -108,7 +126,13 @@ func open(opts Options, d deps) (*DB, error) {
 	if opts.GCInterval <= 0 {
 		opts.GCInterval = 10 * time.Minute
 	}
-	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+	if opts.ReadOnly {
+		// Badger would create an empty directory (and then fail): a
+		// mistyped path should say so.
+		if _, err := os.Stat(filepath.Join(opts.Dir, badger.ManifestFilename)); err != nil {
+			return nil, fmt.Errorf("storage: %s holds no database: %w", opts.Dir, err)
+		}
+	} else if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("storage: creating %s: %w", opts.Dir, err)
 	}
 	bopts := badger.DefaultOptions(opts.Dir).
@@ -132,8 +156,14 @@ func open(opts Options, d deps) (*DB, error) {
 		WithBlockCacheSize(0).
 		WithIndexCacheSize(16 << 20).
 		WithNumCompactors(2).
-		WithValueLogFileSize(64 << 20)
+		WithValueLogFileSize(64 << 20).
+		WithReadOnly(opts.ReadOnly)
 	bdb, err := badger.Open(bopts)
+	// Badger flattens the errors it wraps (y.Wrapf formats with %+v), so
+	// only the text tells this one apart.
+	if opts.ReadOnly && err != nil && strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()) {
+		return nil, fmt.Errorf("%w: %s needs its write-ahead log replayed by a read-write open first (%v)", ErrNotClosedCleanly, opts.Dir, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: opening Badger in %s: %w (is another sidecar using this directory?)", opts.Dir, err)
 	}
@@ -151,6 +181,13 @@ func open(opts Options, d deps) (*DB, error) {
 		flushTicker:   realTicker,
 	}
 	db.syncFn = db.logs.Sync
+	if opts.ReadOnly {
+		// Nothing is written, so there is nothing to sync, collect or
+		// commit: no pipeline goroutines.
+		db.readOnly = true
+		db.syncFn = func() error { return nil }
+		return db, nil
+	}
 	if d.sync != nil {
 		db.syncFn = func() error { return d.sync(db.logs.Sync, bdb) }
 	}
@@ -320,6 +357,10 @@ func (db *DB) Submit(d Durability, fn func(tx *Tx) error) *Pending {
 // tx: those belong in then.
 func (db *DB) SubmitThen(d Durability, fn func(tx *Tx) error, then func(error)) *Pending {
 	p := &pending{fn: fn, durability: d, done: make(chan struct{}), then: then}
+	if db.readOnly {
+		p.finish(ErrReadOnly)
+		return (*Pending)(p)
+	}
 	db.closeMu.RLock()
 	if db.closed {
 		db.closeMu.RUnlock()

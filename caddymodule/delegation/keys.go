@@ -85,6 +85,9 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 		return nil, err
 	}
 	if blk, _ := pem.Decode(b); blk != nil {
+		if blk.Type == "PUBLIC KEY" {
+			return nil, fmt.Errorf("%s is a public key; signing needs the private key (PKCS#8 PEM, NAME.key from 'asap keygen')", path)
+		}
 		k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
 		if err != nil {
 			return nil, fmt.Errorf("%s: not a PKCS#8 private key: %w", path, err)

@@ -96,8 +96,8 @@ func TestLoadKeysPEM(t *testing.T) {
 		t.Fatalf("LoadPublicKey(private PEM): %v", err)
 	}
 	// A public PEM is no private key.
-	if _, err := LoadPrivateKey(pubPath); err == nil {
-		t.Error("LoadPrivateKey accepted a public key")
+	if _, err := LoadPrivateKey(pubPath); err == nil || !strings.Contains(err.Error(), "is a public key") {
+		t.Errorf("LoadPrivateKey of a public key: %v, want an error saying it is one", err)
 	}
 }
 

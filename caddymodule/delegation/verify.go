@@ -133,8 +133,8 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 		if cached[i] != nil && sameKey(cached[i].key, keys[i]) {
 			continue
 		}
-		if err := verifySignature(l, keys[i]); err != nil {
-			return nil, reject(ClassSignature, "bad_signature", fmt.Sprintf("the signature of %s does not verify with the key of %s", l.Claims.ID, l.Claims.Issuer)).at(l)
+		if rej := checkSignature(l, keys[i]); rej != nil {
+			return nil, rej
 		}
 		v.cache.put(l, keys[i])
 	}
@@ -143,14 +143,8 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 	now := v.now().Unix()
 	skew := int64(v.Skew / time.Second)
 	for _, l := range links {
-		c := &l.Claims
-		switch {
-		case now > int64(*c.Expiry)+skew:
-			return nil, reject(ClassTime, "expired", fmt.Sprintf("token %s expired at %s", c.ID, time.Unix(int64(*c.Expiry), 0).UTC().Format(time.RFC3339))).at(l)
-		case c.NotBefore != nil && int64(*c.NotBefore) > now+skew:
-			return nil, reject(ClassTime, "not_yet_valid", fmt.Sprintf("token %s is not valid before %s", c.ID, time.Unix(int64(*c.NotBefore), 0).UTC().Format(time.RFC3339))).at(l)
-		case c.IssuedAt != nil && int64(*c.IssuedAt) > now+skew:
-			return nil, reject(ClassTime, "issued_in_future", fmt.Sprintf("token %s claims to be issued in the future", c.ID)).at(l)
+		if rej := checkTimes(l, now, skew); rej != nil {
+			return nil, rej
 		}
 	}
 
@@ -161,6 +155,28 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 		}
 	}
 	return &Chain{Links: links}, nil
+}
+
+func checkSignature(l *Link, key ed25519.PublicKey) *Rejection {
+	if err := verifySignature(l, key); err != nil {
+		return reject(ClassSignature, "bad_signature", fmt.Sprintf("the signature of %s does not verify with the key of %s", l.Claims.ID, l.Claims.Issuer)).at(l)
+	}
+	return nil
+}
+
+// checkTimes checks a link's exp, nbf and iat against now (seconds),
+// with skew seconds of tolerance.
+func checkTimes(l *Link, now, skew int64) *Rejection {
+	c := &l.Claims
+	switch {
+	case now > int64(*c.Expiry)+skew:
+		return reject(ClassTime, "expired", fmt.Sprintf("token %s expired at %s", c.ID, time.Unix(int64(*c.Expiry), 0).UTC().Format(time.RFC3339))).at(l)
+	case c.NotBefore != nil && int64(*c.NotBefore) > now+skew:
+		return reject(ClassTime, "not_yet_valid", fmt.Sprintf("token %s is not valid before %s", c.ID, time.Unix(int64(*c.NotBefore), 0).UTC().Format(time.RFC3339))).at(l)
+	case c.IssuedAt != nil && int64(*c.IssuedAt) > now+skew:
+		return reject(ClassTime, "issued_in_future", fmt.Sprintf("token %s claims to be issued in the future", c.ID)).at(l)
+	}
+	return nil
 }
 
 func (v *Verifier) rootKey(root *Link) (ed25519.PublicKey, *Rejection) {
