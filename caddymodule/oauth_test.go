@@ -303,7 +303,7 @@ func TestOAuthAccessTokensOnPublicMount(t *testing.T) {
 		{"alg of another key type", (&idpKey{alg: jwa.ES256, kid: "rsa-1", priv: es.priv}).sign(t, nil), "not trusted"},
 		{"alg none", unsignedToken(t, "rsa-1"), "algorithm"},
 		{"HS256 keyed with the public key", hmacWithPublicKey(t, rs), "algorithm"},
-		{"tampered claims", tamper(t, rs.sign(t, map[string]any{"scope": "asap:read"})), "signature"},
+		{"tampered claims", withAdminClaims(t, rs.sign(t, map[string]any{"scope": "asap:read"})), "signature"},
 		{"garbage", "not-a-token", "compact JWT"},
 		{"wrong bearer", "wrong-credential-xxxxxxxx", "compact JWT"},
 	} {
@@ -362,8 +362,9 @@ func (k *idpKey) signWith(t testing.TB, key any) string {
 	return string(b)
 }
 
-// tamper swaps a token's claims for admin ones, keeping its signature.
-func tamper(t testing.TB, token string) string {
+// withAdminClaims swaps a token's claims for admin ones, keeping its
+// signature.
+func withAdminClaims(t testing.TB, token string) string {
 	t.Helper()
 	parts := strings.Split(token, ".")
 	claims, _ := json.Marshal(map[string]any{"iss": testIssuer, "aud": testAudience, "sub": testSubject,
