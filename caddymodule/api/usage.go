@@ -48,9 +48,22 @@ func usageAggregate(w http.ResponseWriter, r *http.Request, s *Services) {
 		Error(w, http.StatusBadRequest, "group_by must be one of: agent, consumer, day, week")
 		return
 	}
+	format := q.str("export_format")
+	if format != "" && format != "json" && format != "csv" {
+		Error(w, http.StatusBadRequest, "export_format must be json or csv")
+		return
+	}
 	rows, err := s.Usage.Aggregate(f, g)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "aggregating usage: %v", err)
+		return
+	}
+	if format == "csv" {
+		// By consumer this is the billing export: a line per customer
+		// with the period it covers.
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Content-Disposition", "attachment; filename=usage_by_"+g+".csv")
+		_ = metering.WriteAggregateCSV(w, rows)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"group_by": g, "data": rows})

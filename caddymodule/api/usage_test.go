@@ -433,6 +433,21 @@ func TestAggregate(t *testing.T) {
 		`{"period":"2026-12-31","total_tokens":15,"total_duration_ms":9,"total_tasks":1,"total_api_calls":1,"unique_agents":1,"unique_consumers":1},`+
 		`{"period":"2027-01-01","total_tokens":30,"total_duration_ms":60,"total_tasks":1,"total_api_calls":3,"unique_agents":1,"unique_consumers":1}],"group_by":"day"}`)
 
+	// With start and end, the period says so; as CSV by consumer it is
+	// the billing export (February: C1 has e1 e3, C2 has e2 e8 e4).
+	expect(t, get(t, s, "/usage/aggregate?group_by=consumer&start=2026-12-31&end=2027-01-02"), http.StatusOK, `{"data":[`+
+		`{"consumer_id":"urn:asap:agent:c1","period":"2026-12-31/2027-01-02T00:00:00Z","total_tokens":45,"total_duration_ms":69,"total_tasks":2,"total_api_calls":4,"avg_tokens_per_task":22.5}],"group_by":"consumer"}`)
+	w := get(t, s, "/usage/aggregate?group_by=consumer&start=2026-02-01&end=2026-02-28T23:59:59.999999999Z&export_format=csv")
+	if w.Code != http.StatusOK || w.Header().Get("Content-Type") != "text/csv; charset=utf-8" {
+		t.Fatalf("csv: %d %q %s", w.Code, w.Header().Get("Content-Type"), w.Body.String())
+	}
+	if want := "consumer_id,period,total_tasks,tokens_in,tokens_out,total_tokens,total_api_calls,total_duration_ms,avg_tokens_per_task\r\n" +
+		"urn:asap:agent:c1,2026-02-01/2026-02-28,2,110,20,130,1,1100,65\r\n" +
+		"urn:asap:agent:c2,2026-02-01/2026-02-28,3,9,11,20,6,58,6.666666666666667\r\n"; w.Body.String() != want {
+		t.Errorf("billing CSV:\n%q\nwant\n%q", w.Body.String(), want)
+	}
+	expect(t, get(t, s, "/usage/aggregate?group_by=consumer&export_format=xml"), http.StatusBadRequest, `{"detail":"export_format must be json or csv"}`)
+
 	const bad = `{"detail":"group_by must be one of: agent, consumer, day, week"}`
 	for _, query := range []string{"", "?group_by=", "?group_by=month", "?group_by=Agent", "?group_by=agents", "?group_by=day,week"} {
 		expect(t, get(t, s, "/usage/aggregate"+query), http.StatusBadRequest, bad)
@@ -452,12 +467,12 @@ func TestAgentsAndConsumers(t *testing.T) {
 	w = get(t, s, "/usage/consumers")
 	expectJSON(t, w, http.StatusOK)
 	expect(t, w, http.StatusOK, `{"data":`+consumerRows+`}`)
-	// Same filters as the others: agent B up to e8's time.
+	// Same filters as the others: agent B up to e8's time; the period says which.
 	expect(t, get(t, s, "/usage/consumers?"+q("agent_id", agentB, "end", "2026-02-08T06:00:00Z")), http.StatusOK, `{"data":[`+
-		`{"consumer_id":"urn:asap:agent:c1","period":"all","total_tokens":100,"total_duration_ms":1000,"total_tasks":1,"total_api_calls":0,"avg_tokens_per_task":100},`+
-		`{"consumer_id":"urn:asap:agent:c2","period":"all","total_tokens":7,"total_duration_ms":5,"total_tasks":1,"total_api_calls":0,"avg_tokens_per_task":7}]}`)
+		`{"consumer_id":"urn:asap:agent:c1","period":"../2026-02-08T06:00:00Z","total_tokens":100,"total_duration_ms":1000,"total_tasks":1,"total_api_calls":0,"avg_tokens_per_task":100},`+
+		`{"consumer_id":"urn:asap:agent:c2","period":"../2026-02-08T06:00:00Z","total_tokens":7,"total_duration_ms":5,"total_tasks":1,"total_api_calls":0,"avg_tokens_per_task":7}]}`)
 	expect(t, get(t, s, "/usage/agents?"+q("consumer_id", consC2, "start", "2027-01-01")), http.StatusOK, `{"data":[`+
-		`{"agent_id":"urn:asap:agent:alpha","period":"all","total_tokens":4,"total_duration_ms":2,"total_tasks":1,"total_api_calls":2,"avg_tokens_per_task":4,"avg_duration_ms_per_task":2}]}`)
+		`{"agent_id":"urn:asap:agent:alpha","period":"2027-01-01/..","total_tokens":4,"total_duration_ms":2,"total_tasks":1,"total_api_calls":2,"avg_tokens_per_task":4,"avg_duration_ms_per_task":2}]}`)
 	// group_by is not a parameter of these.
 	expect(t, get(t, s, "/usage/agents?group_by=day"), http.StatusOK, `{"data":`+agentRows+`}`)
 }

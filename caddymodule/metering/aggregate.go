@@ -45,6 +45,10 @@ type ConsumerRow struct {
 	TotalTasks       int64   `json:"total_tasks"`
 	TotalAPICalls    int64   `json:"total_api_calls"`
 	AvgTokensPerTask float64 `json:"avg_tokens_per_task"`
+	// TokensIn and TokensOut split TotalTokens for the billing CSV; the
+	// JSON keeps the reference's shape.
+	TokensIn  int64 `json:"-"`
+	TokensOut int64 `json:"-"`
 }
 
 // PeriodRow is one row of an aggregate by day or ISO week.
@@ -70,12 +74,15 @@ type Summary struct {
 
 type totals struct {
 	tasks, tokens, duration, calls int64
+	tokensIn, tokensOut            int64
 	agents, consumers              map[string]struct{}
 }
 
 func (t *totals) add(e *Event) {
 	t.tasks++
 	t.tokens += e.TokensIn + e.TokensOut
+	t.tokensIn += e.TokensIn
+	t.tokensOut += e.TokensOut
 	t.duration += e.DurationMS
 	t.calls += e.APICalls
 	if t.agents != nil {
@@ -100,8 +107,34 @@ func WeekPeriod(ts time.Time) string {
 	return fmt.Sprintf("%04d-W%02d", y, w)
 }
 
+// PeriodOf names the time span a filter covers, for the period of an
+// aggregate by agent or consumer: "all" without bounds, else an ISO 8601
+// interval START/END with ".." for an open side. Whole days print as
+// dates: 2026-01-01/2026-01-31 is all of January.
+func PeriodOf(f Filter) string {
+	if f.Start.IsZero() && f.End.IsZero() {
+		return "all"
+	}
+	start, end := "..", ".."
+	if !f.Start.IsZero() {
+		start = f.Start.UTC().Format(time.RFC3339Nano)
+		if s := f.Start.UTC(); s.Equal(s.Truncate(24 * time.Hour)) {
+			start = DayPeriod(s)
+		}
+	}
+	if !f.End.IsZero() {
+		end = f.End.UTC().Format(time.RFC3339Nano)
+		// End is inclusive: the last nanosecond of a day is that day.
+		if next := f.End.UTC().Add(time.Nanosecond); next.Equal(next.Truncate(24 * time.Hour)) {
+			end = DayPeriod(f.End)
+		}
+	}
+	return start + "/" + end
+}
+
 // Aggregate groups the matching events; the result is a slice of
-// AgentRow, ConsumerRow or PeriodRow sorted by its key.
+// AgentRow, ConsumerRow or PeriodRow sorted by its key. Rows by agent or
+// consumer carry the filter's span as their period (PeriodOf).
 func (s *Store) Aggregate(f Filter, groupBy string) (any, error) {
 	if !ValidGroupBy(groupBy) {
 		return nil, fmt.Errorf("group_by must be one of: agent, consumer, day, week")
@@ -139,12 +172,13 @@ func (s *Store) Aggregate(f Filter, groupBy string) (any, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	period := PeriodOf(f)
 	switch groupBy {
 	case ByAgent:
 		rows := make([]AgentRow, 0, len(keys))
 		for _, k := range keys {
 			t := groups[k]
-			rows = append(rows, AgentRow{AgentID: k, Period: "all", TotalTokens: t.tokens, TotalDurationMS: t.duration,
+			rows = append(rows, AgentRow{AgentID: k, Period: period, TotalTokens: t.tokens, TotalDurationMS: t.duration,
 				TotalTasks: t.tasks, TotalAPICalls: t.calls, AvgTokensPerTask: t.avg(t.tokens), AvgDurationMSPerTask: t.avg(t.duration)})
 		}
 		return rows, nil
@@ -152,8 +186,8 @@ func (s *Store) Aggregate(f Filter, groupBy string) (any, error) {
 		rows := make([]ConsumerRow, 0, len(keys))
 		for _, k := range keys {
 			t := groups[k]
-			rows = append(rows, ConsumerRow{ConsumerID: k, Period: "all", TotalTokens: t.tokens, TotalDurationMS: t.duration,
-				TotalTasks: t.tasks, TotalAPICalls: t.calls, AvgTokensPerTask: t.avg(t.tokens)})
+			rows = append(rows, ConsumerRow{ConsumerID: k, Period: period, TotalTokens: t.tokens, TotalDurationMS: t.duration,
+				TotalTasks: t.tasks, TotalAPICalls: t.calls, AvgTokensPerTask: t.avg(t.tokens), TokensIn: t.tokensIn, TokensOut: t.tokensOut})
 		}
 		return rows, nil
 	}
@@ -191,6 +225,35 @@ func WriteCSV(w io.Writer, events []Event) error {
 			strconv.FormatInt(e.TokensIn, 10), strconv.FormatInt(e.TokensOut, 10),
 			strconv.FormatInt(e.DurationMS, 10), strconv.FormatInt(e.APICalls, 10),
 			PythonISO(e.Timestamp)})
+	}
+	return bw.Flush()
+}
+
+// WriteAggregateCSV writes Aggregate's rows as CSV, one line per group,
+// in WriteCSV's dialect. By consumer it is the billing export: one line
+// per customer with the period it covers and tokens split in and out.
+func WriteAggregateCSV(w io.Writer, rows any) error {
+	bw := bufio.NewWriter(w)
+	i64 := func(v int64) string { return strconv.FormatInt(v, 10) }
+	f64 := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+	switch rows := rows.(type) {
+	case []ConsumerRow:
+		writeRow(bw, []string{"consumer_id", "period", "total_tasks", "tokens_in", "tokens_out", "total_tokens", "total_api_calls", "total_duration_ms", "avg_tokens_per_task"})
+		for _, r := range rows {
+			writeRow(bw, []string{r.ConsumerID, r.Period, i64(r.TotalTasks), i64(r.TokensIn), i64(r.TokensOut), i64(r.TotalTokens), i64(r.TotalAPICalls), i64(r.TotalDurationMS), f64(r.AvgTokensPerTask)})
+		}
+	case []AgentRow:
+		writeRow(bw, []string{"agent_id", "period", "total_tasks", "total_tokens", "total_api_calls", "total_duration_ms", "avg_tokens_per_task", "avg_duration_ms_per_task"})
+		for _, r := range rows {
+			writeRow(bw, []string{r.AgentID, r.Period, i64(r.TotalTasks), i64(r.TotalTokens), i64(r.TotalAPICalls), i64(r.TotalDurationMS), f64(r.AvgTokensPerTask), f64(r.AvgDurationMSPerTask)})
+		}
+	case []PeriodRow:
+		writeRow(bw, []string{"period", "total_tasks", "total_tokens", "total_api_calls", "total_duration_ms", "unique_agents", "unique_consumers"})
+		for _, r := range rows {
+			writeRow(bw, []string{r.Period, i64(r.TotalTasks), i64(r.TotalTokens), i64(r.TotalAPICalls), i64(r.TotalDurationMS), strconv.Itoa(r.UniqueAgents), strconv.Itoa(r.UniqueConsumers)})
+		}
+	default:
+		return fmt.Errorf("metering: no CSV form for %T", rows)
 	}
 	return bw.Flush()
 }

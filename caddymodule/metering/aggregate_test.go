@@ -52,8 +52,8 @@ func TestAggregateByConsumer(t *testing.T) {
 	// C1: e1 e3 e5 e6 → tokens 30+100+15+30=175, duration 100+1000+9+60=1169, calls 1+0+1+3=5
 	// C2: e2 e8 e4 e7 → tokens 10+7+3+4=24, duration 50+5+3+2=60, calls 2+0+4+2=8
 	eq(t, "rows", rows.([]ConsumerRow), []ConsumerRow{
-		{ConsumerID: consC1, Period: "all", TotalTokens: 175, TotalDurationMS: 1169, TotalTasks: 4, TotalAPICalls: 5, AvgTokensPerTask: 43.75},
-		{ConsumerID: consC2, Period: "all", TotalTokens: 24, TotalDurationMS: 60, TotalTasks: 4, TotalAPICalls: 8, AvgTokensPerTask: 6},
+		{ConsumerID: consC1, Period: "all", TotalTokens: 175, TotalDurationMS: 1169, TotalTasks: 4, TotalAPICalls: 5, AvgTokensPerTask: 43.75, TokensIn: 117, TokensOut: 58},
+		{ConsumerID: consC2, Period: "all", TotalTokens: 24, TotalDurationMS: 60, TotalTasks: 4, TotalAPICalls: 8, AvgTokensPerTask: 6, TokensIn: 11, TokensOut: 13},
 	})
 	// No average duration in the consumer shape.
 	if b := jsonOf(t, rows); b != `[{"consumer_id":"urn:asap:agent:c1","period":"all","total_tokens":175,"total_duration_ms":1169,`+
@@ -62,11 +62,42 @@ func TestAggregateByConsumer(t *testing.T) {
 		`"total_tasks":4,"total_api_calls":8,"avg_tokens_per_task":6}]` {
 		t.Errorf("JSON %s", b)
 	}
+	// The billing CSV: one line per consumer, tokens split in and out.
+	var csv strings.Builder
+	if err := WriteAggregateCSV(&csv, rows); err != nil {
+		t.Fatal(err)
+	}
+	if want := "consumer_id,period,total_tasks,tokens_in,tokens_out,total_tokens,total_api_calls,total_duration_ms,avg_tokens_per_task\r\n" +
+		"urn:asap:agent:c1,all,4,117,58,175,5,1169,43.75\r\n" +
+		"urn:asap:agent:c2,all,4,11,13,24,8,60,6\r\n"; csv.String() != want {
+		t.Errorf("CSV:\n%s\nwant\n%s", csv.String(), want)
+	}
+	// A bounded query says which span it covers.
 	rows, _ = s.Aggregate(Filter{AgentID: agentB, End: fx["e8"].Timestamp}, ByConsumer)
+	end := "../" + fx["e8"].Timestamp.UTC().Format(time.RFC3339Nano)
 	eq(t, "agent B up to e8", rows.([]ConsumerRow), []ConsumerRow{
-		{ConsumerID: consC1, Period: "all", TotalTokens: 100, TotalDurationMS: 1000, TotalTasks: 1, TotalAPICalls: 0, AvgTokensPerTask: 100},
-		{ConsumerID: consC2, Period: "all", TotalTokens: 7, TotalDurationMS: 5, TotalTasks: 1, TotalAPICalls: 0, AvgTokensPerTask: 7},
+		{ConsumerID: consC1, Period: end, TotalTokens: 100, TotalDurationMS: 1000, TotalTasks: 1, TotalAPICalls: 0, AvgTokensPerTask: 100, TokensIn: 100},
+		{ConsumerID: consC2, Period: end, TotalTokens: 7, TotalDurationMS: 5, TotalTasks: 1, TotalAPICalls: 0, AvgTokensPerTask: 7, TokensIn: 3, TokensOut: 4},
 	})
+}
+
+func TestPeriodOf(t *testing.T) {
+	jan1 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	endOfJan := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC).Add(-time.Nanosecond)
+	noon := time.Date(2026, 1, 15, 12, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		f    Filter
+		want string
+	}{
+		{Filter{}, "all"},
+		{Filter{Start: jan1, End: endOfJan}, "2026-01-01/2026-01-31"},
+		{Filter{Start: noon}, "2026-01-15T12:30:00Z/.."},
+		{Filter{Start: jan1, End: noon}, "2026-01-01/2026-01-15T12:30:00Z"},
+	} {
+		if got := PeriodOf(tc.f); got != tc.want {
+			t.Errorf("PeriodOf(%v..%v) = %q, want %q", tc.f.Start, tc.f.End, got, tc.want)
+		}
+	}
 }
 
 func TestAggregateByDay(t *testing.T) {
