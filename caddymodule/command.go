@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -102,9 +104,9 @@ func addAdminFlags(fs *pflag.FlagSet) {
 // adminRequest asks the running sidecar found by the admin flags. An
 // answer of 400 or more is an error carrying the sidecar's message.
 func adminRequest(fl caddycmd.Flags, method, uri string, body []byte) (*http.Response, error) {
-	addr, err := caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, fl.String("config"), fl.String("adapter"))
+	addr, err := adminAddress(fl)
 	if err != nil {
-		return nil, fmt.Errorf("finding the admin API: %w", err)
+		return nil, err
 	}
 	if dir := fl.String("storage"); dir != "" {
 		sep := "?"
@@ -119,15 +121,59 @@ func adminRequest(fl caddycmd.Flags, method, uri string, body []byte) (*http.Res
 	}
 	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, rd)
 	if err != nil {
-		hint := ""
 		// Caddy's "HTTP <status>: <message>" is an answer; anything
-		// else means no sidecar answered.
+		// else means no sidecar answered at addr.
 		if !strings.HasPrefix(err.Error(), "HTTP ") {
-			hint = " (is it running? for a stopped one use --db where the command has it)"
+			return nil, fmt.Errorf("no sidecar answered at %s (%s): %w\n(is it running? give its admin address with --address HOST:PORT, "+
+				"or its config with --config FILE to read the address from; for a stopped sidecar use --db DIR where the command has it)",
+				addr, adminSource(fl), err)
 		}
-		return nil, fmt.Errorf("asking the sidecar at %s: %w%s", addr, err, hint)
+		return nil, fmt.Errorf("asking the sidecar at %s: %w", addr, err)
 	}
 	return resp, nil
+}
+
+// adminSource says where the admin address came from.
+func adminSource(fl caddycmd.Flags) string {
+	switch {
+	case fl.String("address") != "":
+		return "from --address"
+	case fl.String("config") != "":
+		return "from --config " + fl.String("config")
+	}
+	return "the default; neither --address nor --config was given"
+}
+
+// adminAddress is --address, else the admin address in --config, else
+// Caddy's default. The config is adapted here, quietly: Caddy's
+// LoadConfig logs as if it were starting a server.
+func adminAddress(fl caddycmd.Flags) (string, error) {
+	file, adapter := fl.String("config"), fl.String("adapter")
+	if fl.String("address") != "" || file == "" {
+		return caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, "", "")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--config: %w", err)
+	}
+	base := strings.ToLower(filepath.Base(file))
+	if adapter == "" && (strings.HasPrefix(base, "caddyfile") || strings.HasSuffix(base, ".caddyfile")) {
+		adapter = "caddyfile"
+	}
+	if adapter != "" {
+		a := caddyconfig.GetAdapter(adapter)
+		if a == nil {
+			return "", fmt.Errorf("--adapter: unknown config adapter %q", adapter)
+		}
+		if b, _, err = a.Adapt(b, map[string]any{"filename": file}); err != nil {
+			return "", fmt.Errorf("--config %s: %w", file, err)
+		}
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress("", b, file, adapter)
+	if err != nil {
+		return "", fmt.Errorf("--config %s: %w (or give the admin address with --address)", file, err)
+	}
+	return addr, nil
 }
 
 // addDBFlag adds --db, the storage directory of a stopped sidecar.
@@ -201,17 +247,41 @@ func withOutput(fl caddycmd.Flags, fn func(w io.Writer) (int, error)) (int, erro
 	return status, err
 }
 
-// flagTime reads a time flag: absolute, or a duration back from now.
-func flagTime(name, v string) (time.Time, error) {
+// now is the commands' clock; tests set it.
+var now = time.Now
+
+// flagTime reads a time flag: absolute, a duration back from now, or
+// today / yesterday (UTC days, as usage periods are). until says the
+// flag ends a span: a day given by name or as a bare date then means
+// through the end of that day, so --since yesterday --until yesterday is
+// all of yesterday.
+func flagTime(name, v string, until bool) (time.Time, error) {
+	v = strings.TrimSpace(v)
 	if v == "" {
 		return time.Time{}, nil
 	}
+	dayOf := func(day time.Time) time.Time {
+		if until {
+			return day.Add(24*time.Hour - time.Nanosecond)
+		}
+		return day
+	}
+	today := now().UTC().Truncate(24 * time.Hour)
+	switch strings.ToLower(v) {
+	case "today":
+		return dayOf(today), nil
+	case "yesterday":
+		return dayOf(today.Add(-24 * time.Hour)), nil
+	}
 	if d, err := config.ParseDuration(v); err == nil {
-		return time.Now().Add(-d).UTC(), nil
+		return now().Add(-d).UTC(), nil
+	}
+	if day, err := time.Parse("2006-01-02", v); err == nil {
+		return dayOf(day), nil
 	}
 	t, err := api.ParseTime(v)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("--%s: %v, or a duration such as 24h", name, err)
+		return time.Time{}, fmt.Errorf("--%s: %v, a duration back from now such as 24h, or today or yesterday", name, err)
 	}
 	return t, nil
 }
@@ -221,22 +291,32 @@ func flagTime(name, v string) (time.Time, error) {
 func usageCommand() *cobra.Command {
 	usage := &cobra.Command{
 		Use:   "usage",
-		Short: "Usage metering: export events",
+		Short: "Usage metering: export events or per-customer totals",
 		Long: `
 Reads the usage events the sidecar metered, from a running sidecar or, with
 --db, from a stopped one's database.`,
-		Example: `  asap-caddy asap usage export --format csv --since 24h -o usage.csv`,
+		Example: `  asap-caddy asap usage export --format csv --since 24h -o usage.csv
+  asap-caddy asap usage export --group-by consumer --since 2026-01-01 --until 2026-01-31 -o billing.csv`,
 	}
 	usage.AddCommand(command(cobra.Command{
 		Use:   "export",
-		Short: "Export usage events as CSV or JSON",
+		Short: "Export usage events, or totals per consumer for billing, as CSV or JSON",
 		Long: `
 Writes usage events in the Usage API's export formats: CSV with the
 reference's header, or JSON {"data": [...]}. Filters: --agent, --consumer,
---since and --until (RFC 3339 time, date, or a duration back from now such
-as 24h or 7d). With --db it reads a stopped sidecar's database, read-only.`,
+--since and --until (RFC 3339 time; a date; today or yesterday; or a
+duration back from now such as 24h or 7d). Days are UTC, and a day given
+to --until counts whole: --since 2026-01-01 --until 2026-01-31 is all of
+January. With --db it reads a stopped sidecar's database, read-only.
+
+With --group-by consumer it writes one line per customer instead — the
+billing export: consumer_id, period (the span covered, e.g.
+2026-01-01/2026-01-31), total_tasks, tokens_in, tokens_out, total_tokens,
+total_api_calls, total_duration_ms, avg_tokens_per_task. --group-by agent,
+day and week total the same way.`,
 		Example: `  asap-caddy asap usage export --format csv --since 24h > usage.csv
-  asap-caddy asap usage export --db /var/lib/asap --agent urn:asap:agent:research -o usage.csv`,
+  asap-caddy asap usage export --db /var/lib/asap --agent urn:asap:agent:research -o usage.csv
+  asap-caddy asap usage export --group-by consumer --since yesterday --until yesterday -o billing.csv`,
 		Args: cobra.NoArgs,
 	}, cmdUsageExport, func(fs *pflag.FlagSet) {
 		fs.String("format", "csv", "csv or json")
@@ -245,6 +325,7 @@ as 24h or 7d). With --db it reads a stopped sidecar's database, read-only.`,
 		fs.String("since", "", "from this time (RFC 3339, date, or a duration back from now: 24h, 7d)")
 		fs.String("until", "", "up to this time (same forms as --since)")
 		fs.Int("limit", 100000, "at most this many events")
+		fs.String("group-by", "", "total per consumer (billing), agent, day or week instead of listing events")
 		addAdminFlags(fs)
 		addDBFlag(fs, "read this stopped sidecar's storage directory instead")
 		addOutputFlag(fs)
@@ -259,11 +340,18 @@ func cmdUsageExport(fl caddycmd.Flags) (int, error) {
 	}
 	f := metering.Filter{AgentID: fl.String("agent"), ConsumerID: fl.String("consumer")}
 	var err error
-	if f.Start, err = flagTime("since", fl.String("since")); err != nil {
+	if f.Start, err = flagTime("since", fl.String("since"), false); err != nil {
 		return exitFailure, err
 	}
-	if f.End, err = flagTime("until", fl.String("until")); err != nil {
+	if f.End, err = flagTime("until", fl.String("until"), true); err != nil {
 		return exitFailure, err
+	}
+	if !f.Start.IsZero() && !f.End.IsZero() && f.End.Before(f.Start) {
+		return exitFailure, fmt.Errorf("--until (%s) is before --since (%s)", f.End.Format(time.RFC3339), f.Start.Format(time.RFC3339))
+	}
+	groupBy := fl.String("group-by")
+	if groupBy != "" && !metering.ValidGroupBy(groupBy) {
+		return exitFailure, fmt.Errorf("--group-by must be consumer, agent, day or week, not %q", groupBy)
 	}
 	limit, err := fl.GetInt("limit")
 	if err != nil || limit < 1 {
@@ -275,6 +363,18 @@ func cmdUsageExport(fl caddycmd.Flags) (int, error) {
 			return exitFailure, err
 		}
 		defer db.Close()
+		if groupBy != "" {
+			rows, err := metering.New(db, 0).Aggregate(f, groupBy)
+			if err != nil {
+				return exitFailure, err
+			}
+			return withOutput(fl, func(w io.Writer) (int, error) {
+				if format == "csv" {
+					return status(metering.WriteAggregateCSV(w, rows))
+				}
+				return status(json.NewEncoder(w).Encode(map[string]any{"group_by": groupBy, "data": rows}))
+			})
+		}
 		events, err := metering.New(db, 0).Query(f, limit, 0)
 		if err != nil {
 			return exitFailure, err
@@ -299,7 +399,13 @@ func cmdUsageExport(fl caddycmd.Flags) (int, error) {
 	if !f.End.IsZero() {
 		q.Set("end", f.End.Format(time.RFC3339Nano))
 	}
-	resp, err := adminRequest(fl, http.MethodGet, "/asap/usage/export?"+q.Encode(), nil)
+	path := "/asap/usage/export?"
+	if groupBy != "" {
+		q.Del("limit")
+		q.Set("group_by", groupBy)
+		path = "/asap/usage/aggregate?"
+	}
+	resp, err := adminRequest(fl, http.MethodGet, path+q.Encode(), nil)
 	if err != nil {
 		return exitFailure, err
 	}

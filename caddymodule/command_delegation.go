@@ -131,6 +131,9 @@ func delegationCreateCommand() *cobra.Command {
 		Long: `
 Mints a delegation token and prints it; with --parent, the new token is
 followed by its parent chain, ready for the X-ASAP-Delegation-Token header.
+Its id (for 'delegation revoke'), expiry, scopes and task limit go to
+stderr, so stdout holds the token alone; with --json, stdout is one JSON
+object holding all of them.
 
 Offline, with --key FILE (an Ed25519 private key, PEM or JWK as 'asap
 keygen' writes it) and --issuer URN (--delegator, as the reference CLI
@@ -165,6 +168,7 @@ data.read, data.write, or * (everything).`,
 		fs.StringP("key", "k", "", "sign offline with this Ed25519 private key (PEM or JWK) instead of asking the sidecar")
 		fs.String("issuer", "", "with --key: URN of the signer (the delegator); also --delegator")
 		fs.StringArray("trust", nil, "with --key and --parent: URN=KEYFILE of a trusted issuer, to check the parent (repeatable)")
+		fs.Bool("json", false, "print the token with its id, expiry and limits as JSON")
 		addAdminFlags(fs)
 		addOutputFlag(fs)
 	})
@@ -240,10 +244,53 @@ func cmdDelegationCreate(fl caddycmd.Flags) (int, error) {
 		}
 		token = out.Token
 	}
+	leaf, rej := delegation.ParseLink(strings.SplitN(token, ",", 2)[0])
+	if rej != nil {
+		return exitFailure, fmt.Errorf("reading the minted token: %s", rej.Error())
+	}
+	m := mintedOf(token, leaf)
 	return withOutput(fl, func(w io.Writer) (int, error) {
-		_, err := fmt.Fprintln(w, token)
+		if fl.Bool("json") {
+			return status(json.NewEncoder(w).Encode(m))
+		}
+		if _, err := fmt.Fprintln(w, token); err != nil {
+			return exitFailure, err
+		}
+		limit := "no task limit"
+		if m.MaxTasks != nil {
+			limit = fmt.Sprintf("max_tasks %d", *m.MaxTasks)
+		}
+		_, err := fmt.Fprintf(stderr, "minted %s for %s: scopes %s, %s, expires %s (in %s)\nrevoke it with: asap-caddy asap delegation revoke %s\n",
+			m.ID, m.Delegate, strings.Join(m.Scopes, ","), limit, m.ExpiresAt.Format(time.RFC3339), m.ExpiresAt.Sub(now()).Round(time.Second), m.ID)
 		return status(err)
 	})
+}
+
+// stderr is where commands write what goes beside their result; tests
+// set it.
+var stderr io.Writer = os.Stderr
+
+// mintedToken is what 'delegation create --json' prints.
+type mintedToken struct {
+	Token     string    `json:"token"`
+	ID        string    `json:"id"`
+	Delegator string    `json:"delegator"`
+	Delegate  string    `json:"delegate"`
+	Scopes    []string  `json:"scopes"`
+	ExpiresAt time.Time `json:"expires_at"`
+	MaxTasks  *int64    `json:"max_tasks"`
+}
+
+func mintedOf(token string, leaf *delegation.Link) mintedToken {
+	c := leaf.Claims
+	m := mintedToken{Token: token, ID: c.ID, Delegator: c.Issuer, Delegate: string(c.Audience), Scopes: c.Scopes}
+	if c.Expiry != nil {
+		m.ExpiresAt = time.Unix(int64(*c.Expiry), 0).UTC()
+	}
+	if n := leaf.MaxTasks(); n >= 0 {
+		m.MaxTasks = &n
+	}
+	return m
 }
 
 // mintOffline signs g with --key as --issuer, attenuating --parent.
@@ -459,12 +506,14 @@ func cmdDelegationRevoke(fl caddycmd.Flags) (int, error) {
 func delegationListCommand() *cobra.Command {
 	return command(cobra.Command{
 		Use:   "list",
-		Short: "List tokens minted by the sidecar",
+		Short: "List tokens minted by the sidecar, with expiry, limit and use",
 		Long: `
 Lists the tokens the sidecar minted (not those minted offline with
---key): id, delegator, delegate, creation time and whether it is still
-active. Only active ones unless --all. Asks the running sidecar, or with
---db reads a stopped one's database, read-only.`,
+--key): id, delegate, creation and expiry time, max_tasks, tasks used, and
+state: active, spent (max_tasks used up), expired or revoked. Only those
+neither revoked nor expired unless --all; spent ones are listed, since a
+revocation of an ancestor is what ends them for good. Asks the running
+sidecar, or with --db reads a stopped one's database, read-only.`,
 		Example: `  asap-caddy asap delegation list
   asap-caddy asap delegation list --db /var/lib/asap --all --json -o tokens.json`,
 		Args: cobra.NoArgs,
@@ -477,16 +526,38 @@ active. Only active ones unless --all. Asks the running sidecar, or with
 	})
 }
 
-func cmdDelegationList(fl caddycmd.Flags) (int, error) {
-	type row struct {
-		ID        string    `json:"id"`
-		Delegator string    `json:"delegator"`
-		Delegate  string    `json:"delegate"`
-		CreatedAt time.Time `json:"created_at"`
-		Active    bool      `json:"active"`
+// listedToken is a row of 'delegation list'.
+type listedToken struct {
+	ID        string     `json:"id"`
+	Delegator string     `json:"delegator"`
+	Delegate  string     `json:"delegate"`
+	CreatedAt time.Time  `json:"created_at"`
+	Active    bool       `json:"active"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	RevokedAt *time.Time `json:"revoked_at"`
+	MaxTasks  *int64     `json:"max_tasks"`
+	Used      int64      `json:"usage_count"`
+	// State is revoked, expired, spent or active.
+	State string `json:"state"`
+}
+
+func (r *listedToken) setState(now time.Time) {
+	switch {
+	case r.RevokedAt != nil:
+		r.State = "revoked"
+	case !now.Before(r.ExpiresAt):
+		r.State = "expired"
+	case r.MaxTasks != nil && r.Used >= *r.MaxTasks:
+		r.State = "spent"
+	default:
+		r.State = "active"
 	}
+}
+
+func cmdDelegationList(fl caddycmd.Flags) (int, error) {
 	all := fl.Bool("all")
-	rows := []row{}
+	rows := []listedToken{}
+	t := now()
 	if fl.String("db") != "" {
 		db, err := openStoppedDB(fl, true)
 		if err != nil {
@@ -501,12 +572,17 @@ func cmdDelegationList(fl caddycmd.Flags) (int, error) {
 		if err != nil {
 			return exitFailure, err
 		}
-		now := time.Now()
-		for _, r := range recs {
-			rows = append(rows, row{r.ID, r.Delegator, r.Delegate, r.CreatedAt, r.Active(now)})
+		for i := range recs {
+			r := &recs[i]
+			used, err := l.Used(r)
+			if err != nil {
+				return exitFailure, err
+			}
+			rows = append(rows, listedToken{ID: r.ID, Delegator: r.Delegator, Delegate: r.Delegate, CreatedAt: r.CreatedAt,
+				Active: r.Active(t), ExpiresAt: r.ExpiresAt, RevokedAt: r.RevokedAt, MaxTasks: r.MaxTasks, Used: used})
 		}
 	} else {
-		resp, err := adminRequest(fl, http.MethodGet, fmt.Sprintf("/asap/delegations?active=%t", !all), nil)
+		resp, err := adminRequest(fl, http.MethodGet, fmt.Sprintf("/asap/delegations?active=%t&detail=true", !all), nil)
 		if err != nil {
 			return exitFailure, err
 		}
@@ -515,14 +591,22 @@ func cmdDelegationList(fl caddycmd.Flags) (int, error) {
 			return exitFailure, fmt.Errorf("reading the sidecar's answer: %w", err)
 		}
 	}
+	for i := range rows {
+		rows[i].setState(t)
+	}
 	return withOutput(fl, func(w io.Writer) (int, error) {
 		if fl.Bool("json") {
 			return status(json.NewEncoder(w).Encode(rows))
 		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tDELEGATOR\tDELEGATE\tCREATED\tACTIVE")
+		fmt.Fprintln(tw, "ID\tDELEGATOR\tDELEGATE\tCREATED\tEXPIRES\tMAX_TASKS\tUSED\tSTATE")
 		for _, r := range rows {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%t\n", r.ID, r.Delegator, r.Delegate, r.CreatedAt.Format(time.RFC3339), r.Active)
+			limit := "-"
+			if r.MaxTasks != nil {
+				limit = strconv.FormatInt(*r.MaxTasks, 10)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Delegator, r.Delegate, r.CreatedAt.Format(time.RFC3339),
+				r.ExpiresAt.Format(time.RFC3339), limit, r.Used, r.State)
 		}
 		return status(tw.Flush())
 	})

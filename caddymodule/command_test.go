@@ -557,7 +557,7 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 
 	before := dirState(t, s.dir)
 	db := []string{"--db", s.dir}
-	if _, out, err := run(t, cmdDelegationList, "delegation list", append(db, "--all")...); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "ACTIVE") {
+	if _, out, err := run(t, cmdDelegationList, "delegation list", append(db, "--all")...); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "STATE") {
 		t.Fatalf("list --db: %v %s", err, out)
 	}
 	if _, out, err := run(t, cmdAuditVerify, "audit verify", db...); err != nil || !strings.HasPrefix(out, "valid: ") {
@@ -651,7 +651,9 @@ func TestExportAndVerifyRefuseBadFlags(t *testing.T) {
 		want string
 	}{
 		{cmdUsageExport, "usage export", []string{"--format", "xml"}, "--format must be csv or json"},
-		{cmdUsageExport, "usage export", []string{"--since", "yesterday"}, "--since: "},
+		{cmdUsageExport, "usage export", []string{"--since", "last tuesday"}, "--since: "},
+		{cmdUsageExport, "usage export", []string{"--since", "today", "--until", "yesterday"}, "--until (20"},
+		{cmdUsageExport, "usage export", []string{"--group-by", "month"}, "--group-by must be consumer, agent, day or week"},
 		{cmdUsageExport, "usage export", []string{"--limit", "0"}, "--limit must be"},
 		{cmdAuditExport, "audit export", []string{"--format", "xml"}, "--format must be json, jsonl or csv"},
 		{cmdAuditVerify, "audit verify", []string{"--vkey", "x"}, "--vkey goes with --db"},

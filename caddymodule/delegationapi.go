@@ -82,6 +82,8 @@ func (s delegationService) Get(id string) (*delegation.Record, int64, error) {
 	return rec, used, err
 }
 
+func (s delegationService) Used(r *delegation.Record) (int64, error) { return s.db.ledger.Used(r) }
+
 func (s delegationService) Revoke(ctx context.Context, id string, force bool) error {
 	rt, db := s.rt, s.db
 	if !force {

@@ -52,6 +52,11 @@ func TestVersionCommand(t *testing.T) {
 	if !strings.Contains(out, "version") {
 		t.Fatalf("asap --help does not list version: %s", out)
 	}
+	// Usage lines name the binary, as the examples do.
+	out, _ = cli(t, "asap", "delegation", "list", "--help")
+	if !strings.Contains(out, "Usage:\n  asap-caddy asap delegation list [flags]") {
+		t.Fatalf("usage line: %s", out)
+	}
 }
 
 func writeFile(t *testing.T, body string) string {
@@ -325,17 +330,31 @@ func TestKeygenAndDelegationCommands(t *testing.T) {
 	}
 
 	s := newSidecar(t, externalAgent(t), "agent urn:asap:agent:demo\ndelegation require\nkey "+filepath.Join(keys, "demo.key"))
-	token, err := cli(t, "asap", "delegation", "create", "--address", s.admin, "--delegate", "urn:asap:agent:client", "--scopes", "task.execute", "--max-tasks", "10", "--expires-in", "1h")
+	token, summary, err := cliStdin(t, "", "asap", "delegation", "create", "--address", s.admin, "--delegate", "urn:asap:agent:client", "--scopes", "task.execute", "--max-tasks", "10", "--expires-in", "1h")
 	token = strings.TrimSpace(token)
 	if err != nil || strings.Count(token, ".") != 2 {
-		t.Fatalf("create: %v: %s", err, token)
+		t.Fatalf("create: %v: %s %s", err, token, summary)
+	}
+	// stdout is the token alone; the id to revoke it by and its limits
+	// are on stderr.
+	if !strings.Contains(summary, "max_tasks 10") || !strings.Contains(summary, "asap-caddy asap delegation revoke del_") {
+		t.Fatalf("create's summary: %s", summary)
 	}
 	if ok, err := callWithToken(s.url, "01JCLITOKEN000000000000001", token); !ok {
 		t.Fatalf("minted token refused: %v", err)
 	}
 	out, err = cli(t, "asap", "delegation", "list", "--address", s.admin)
-	if err != nil || !strings.Contains(out, "urn:asap:agent:client") || !strings.Contains(out, "true") {
+	if err != nil || !strings.Contains(out, "urn:asap:agent:client") || !strings.Contains(out, "MAX_TASKS") || !strings.Contains(out, "active") {
 		t.Fatalf("list: %v: %s", err, out)
+	}
+	// The admin address from --config, without Caddy's own log lines.
+	stdout, stderr, err := cliStdin(t, "", "asap", "delegation", "list", "--config", s.file)
+	if err != nil || !strings.Contains(stdout, "urn:asap:agent:client") || stderr != "" {
+		t.Fatalf("list --config: %v: %s\nstderr: %s", err, stdout, stderr)
+	}
+	// An unknown id is an error.
+	if out, err := cli(t, "asap", "delegation", "revoke", "--address", s.admin, "del_nosuch"); err == nil || !strings.Contains(out, "--force") {
+		t.Fatalf("revoke of an unknown id: %v: %s", err, out)
 	}
 	pub := filepath.Join(keys, "demo.pub")
 	out, err = cli(t, "asap", "delegation", "inspect", token, "--trust", "urn:asap:agent:demo="+pub, "--sender", "urn:asap:agent:client", "--recipient", "urn:asap:agent:demo")

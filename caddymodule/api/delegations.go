@@ -21,6 +21,8 @@ type DelegationService interface {
 	// Get returns a minted token's record (nil if not minted here) and
 	// its task count.
 	Get(id string) (*delegation.Record, int64, error)
+	// Used is a minted token's task count.
+	Used(r *delegation.Record) (int64, error)
 	// Revoke revokes id and what was minted under it. Unless force, an id
 	// neither minted here nor seen in traffic is ErrUnknownDelegation.
 	Revoke(ctx context.Context, id string, force bool) error
@@ -129,17 +131,49 @@ func listDelegations(w http.ResponseWriter, r *http.Request, s *Services) {
 		Error(w, http.StatusBadRequest, "active must be true or false")
 		return
 	}
+	detail := false
+	switch r.URL.Query().Get("detail") {
+	case "", "false", "0":
+	case "true", "1":
+		detail = true
+	default:
+		Error(w, http.StatusBadRequest, "detail must be true or false")
+		return
+	}
 	recs, err := svc.List(active)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "listing delegations: %v", err)
 		return
 	}
 	now := time.Now()
+	if detail {
+		// ?detail=true: each entry as GET /delegations/{id} shows it,
+		// with expiry, limit and use count (the CLI's list).
+		out := make([]delegationDetail, len(recs))
+		for i := range recs {
+			used, err := svc.Used(&recs[i])
+			if err != nil {
+				Error(w, http.StatusInternalServerError, "reading the use count of %s: %v", recs[i].ID, err)
+				return
+			}
+			out[i] = detailOf(&recs[i], used, now)
+		}
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
 	out := make([]delegationSummary, len(recs))
 	for i, rec := range recs {
 		out[i] = summary(&rec, now)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func detailOf(rec *delegation.Record, used int64, now time.Time) delegationDetail {
+	return delegationDetail{
+		delegationSummary: summary(rec, now),
+		RevokedAt:         rec.RevokedAt, ExpiresAt: rec.ExpiresAt, Scopes: rec.Scopes,
+		MaxTasks: rec.MaxTasks, ParentID: rec.ParentID, UsageCount: used,
+	}
 }
 
 func summary(r *delegation.Record, now time.Time) delegationSummary {
@@ -161,9 +195,5 @@ func getDelegation(w http.ResponseWriter, r *http.Request, s *Services) {
 		Error(w, http.StatusNotFound, "Delegation token not found")
 		return
 	}
-	writeJSON(w, http.StatusOK, delegationDetail{
-		delegationSummary: summary(rec, time.Now()),
-		RevokedAt:         rec.RevokedAt, ExpiresAt: rec.ExpiresAt, Scopes: rec.Scopes,
-		MaxTasks: rec.MaxTasks, ParentID: rec.ParentID, UsageCount: used,
-	})
+	writeJSON(w, http.StatusOK, detailOf(rec, used, time.Now()))
 }

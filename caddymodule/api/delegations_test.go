@@ -73,6 +73,7 @@ func (s *delegationSvc) Get(id string) (*delegation.Record, int64, error) {
 	used, err := s.ledger.Used(rec)
 	return rec, used, err
 }
+func (s *delegationSvc) Used(r *delegation.Record) (int64, error) { return s.ledger.Used(r) }
 
 func (s *delegationSvc) Revoke(ctx context.Context, id string, force bool) error {
 	if known, err := s.ledger.Known(id); !force && err == nil && !known {
@@ -306,6 +307,15 @@ func TestDelegationListGetRevoke(t *testing.T) {
 		a.ID, delAgent, consC1, created, time.Unix(int64(*a.Expiry), 0).UTC().Format(time.RFC3339)))
 	if d := delCall(t, s, http.MethodGet, "/asap/delegations/"+b.ID+"/", ""); !strings.Contains(d.Body.String(), `"usage_count":0`) || !strings.Contains(d.Body.String(), `"max_tasks":null`) {
 		t.Fatalf("b detail: %s", d.Body.String())
+	}
+	// ?detail=true lists every entry as the detail shows it.
+	w = delCall(t, s, http.MethodGet, "/asap/delegations?detail=true", "")
+	expect(t, w, http.StatusOK, fmt.Sprintf(`[{"id":%q,"delegator":%q,"delegate":"urn:asap:agent:c2","created_at":%q,"active":true,"revoked_at":null,"expires_at":%q,"scopes":["data.read"],"max_tasks":null,"usage_count":0},`+
+		`{"id":%q,"delegator":%q,"delegate":%q,"created_at":%q,"active":true,"revoked_at":null,"expires_at":%q,"scopes":["task.execute"],"max_tasks":3,"usage_count":1}]`,
+		b.ID, delAgent, time.Unix(int64(*b.IssuedAt), 0).UTC().Format(time.RFC3339), time.Unix(int64(*b.Expiry), 0).UTC().Format(time.RFC3339),
+		a.ID, delAgent, consC1, created, time.Unix(int64(*a.Expiry), 0).UTC().Format(time.RFC3339)))
+	if w := delCall(t, s, http.MethodGet, "/asap/delegations?detail=yes", ""); w.Code != http.StatusBadRequest {
+		t.Fatalf("detail=yes: %d", w.Code)
 	}
 
 	// Revoke a: 204, then inactive with its revocation time.

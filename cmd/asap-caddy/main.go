@@ -4,6 +4,7 @@
 package main
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -12,5 +13,10 @@ import (
 )
 
 func main() {
+	// Usage lines name the binary the operator runs ("asap-caddy asap
+	// delegation list"), as the examples do, not "caddy".
+	if caddy.CustomBinaryName == "" {
+		caddy.CustomBinaryName = "asap-caddy"
+	}
 	caddycmd.Main()
 }
