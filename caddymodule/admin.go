@@ -111,6 +111,11 @@ type AgentStatus struct {
 	// key its checkpoints are signed with.
 	AuditEntries uint64 `json:"audit_entries"`
 	AuditKey     string `json:"audit_key,omitempty"`
+	// LastHealth and LastManifest are the last active health check and
+	// manifest fetch (null before the first: they start with the first
+	// request, which shows the route to the agent).
+	LastHealth   *ProbeResult `json:"last_health"`
+	LastManifest *ProbeResult `json:"last_manifest"`
 }
 
 func serveStatus(w http.ResponseWriter, r *http.Request) error {
@@ -131,11 +136,13 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 	}
 	for _, rt := range app.agentList() {
 		as := AgentStatus{
-			Agent:      rt.Agent,
-			Storage:    rt.Storage,
-			Durability: rt.Durability,
-			Delegation: rt.Delegation,
-			Rejected:   rt.rejected.Load(),
+			Agent:        rt.Agent,
+			Storage:      rt.Storage,
+			Durability:   rt.Durability,
+			Delegation:   rt.Delegation,
+			Rejected:     rt.rejected.Load(),
+			LastHealth:   rt.probes.lastOf(probeHealth),
+			LastManifest: rt.probes.lastOf(probeManifest),
 		}
 		d, err := rt.store.Wait(r.Context(), storeWait)
 		if err != nil {

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -264,28 +265,42 @@ func (m *memoryResponse) Write(p []byte) (int, error) {
 var healthClient = &http.Client{Timeout: 5 * time.Second}
 
 // checkHealth runs one active health check; known is false when the agent
-// cannot be asked yet.
+// cannot be asked yet. The outcome is kept for /asap/status, and a
+// failure is logged (rate-limited).
 func (rt *agentRuntime) checkHealth(ctx context.Context) (up, known bool) {
 	ctx, cancel := context.WithTimeout(ctx, min(rt.healthInterval(), 5*time.Second))
 	defer cancel()
+	var status int
+	var err error
 	if rt.SLA != nil && rt.SLA.HealthURL != "" {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rt.SLA.HealthURL, nil)
-		if err != nil {
-			return false, true
+		status, err = getHealthURL(ctx, rt.SLA.HealthURL)
+	} else {
+		status, _, err = rt.fetch(ctx, "/.well-known/asap/health")
+		if errors.Is(err, errNoUpstreamYet) {
+			return false, false
 		}
-		resp, err := healthClient.Do(req)
-		if err != nil {
-			return false, true
-		}
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, true
 	}
-	status, _, err := rt.fetch(ctx, "/.well-known/asap/health")
-	if errors.Is(err, errNoUpstreamYet) {
-		return false, false
+	up = err == nil && status == http.StatusOK
+	if err == nil && !up {
+		err = fmt.Errorf("answered %d, not 200", status)
 	}
-	return err == nil && status == http.StatusOK, true
+	rt.probes.record(rt.logger, probeHealth, status, err, up)
+	return up, true
+}
+
+// getHealthURL asks the health_url option's URL.
+func getHealthURL(ctx context.Context, url string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := healthClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 // refreshManifest reads the agent's manifest through the route and applies
@@ -295,15 +310,19 @@ func (rt *agentRuntime) refreshManifest(ctx context.Context, d *database) time.D
 	if errors.Is(err, errNoUpstreamYet) {
 		return 2 * time.Second
 	}
-	if err != nil || status != http.StatusOK {
-		rt.logger.Debug("agent manifest not available", zap.Int("status", status), zap.Error(err))
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("answered %d, not 200", status)
+	}
+	if err != nil {
+		rt.probes.record(rt.logger, probeManifest, status, err, false)
 		return 30 * time.Second
 	}
 	def, ttl, err := sla.FromManifest(body)
 	if err != nil {
-		rt.logger.Warn("agent manifest has an unusable sla block; using the Caddyfile's", zap.Error(err))
+		rt.probes.record(rt.logger, probeManifest, status, fmt.Errorf("unusable sla block, using the Caddyfile's: %w", err), false)
 		return ttl
 	}
+	rt.probes.record(rt.logger, probeManifest, status, nil, true)
 	rt.manifestSLA.Store(&def)
 	if t := rt.slaTracker(d); t != nil {
 		t.Configure(rt.slaConfig())
