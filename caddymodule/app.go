@@ -178,8 +178,10 @@ type openDB struct{ *database }
 // after the SLA trackers have stored what they hold.
 func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Close()) }
 
-// openShared opens dir's database and what goes with it.
-func openDatabase(dir string, flush time.Duration, logger *zap.Logger) (*database, error) {
+// openDatabase opens dir's database and what goes with it. keyless says
+// some handler on it has no key option and so signs with the generated
+// agent key: only then is a newly generated key worth a log line.
+func openDatabase(dir string, flush time.Duration, logger *zap.Logger, keyless bool) (*database, error) {
 	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush})
 	if err != nil {
 		return nil, err
@@ -194,7 +196,7 @@ func openDatabase(dir string, flush time.Duration, logger *zap.Logger) (*databas
 		db.Close()
 		return nil, err
 	}
-	if generated {
+	if generated && keyless {
 		logger.Info("generated an agent key for handlers without a key option; back it up, or set key",
 			zap.String("file", filepath.Join(dir, agentKeyFile)))
 	}
@@ -232,7 +234,7 @@ func (a *App) Start() error {
 	for _, dir := range a.sortedDirs() {
 		s := a.stores[dir]
 		val, loaded, err := databases.LoadOrNew(dir, func() (caddy.Destructor, error) {
-			d, err := openDatabase(dir, s.flush, a.logger)
+			d, err := openDatabase(dir, s.flush, a.logger, a.keyless(s))
 			if err != nil {
 				return nil, err
 			}
@@ -277,6 +279,16 @@ func (a *App) startLoops() {
 			rt.checkpointLoop(a.stopLoops, t.C, rt.store.Opened())
 		}(rt)
 	}
+}
+
+// keyless reports whether a handler using s has no key option.
+func (a *App) keyless(s *Store) bool {
+	for _, rt := range a.agents {
+		if rt.store == s && rt.signKey == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // abortStart gives back what a failed Start took and fails every waiter.
