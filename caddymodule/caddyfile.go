@@ -1,7 +1,11 @@
 package caddymodule
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -57,16 +61,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		default_asap_version <version>
 //	}
 //
-// Values are checked here for form and in Validate for range, so that both
-// `caddy adapt` and `caddy validate` name the option at fault.
+// Values are checked here for form, and then by Validate for range, so
+// that `caddy adapt` names the option at fault with its file:line (once
+// adapted to JSON the lines are gone), and `caddy validate` of a JSON
+// config still names the option.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		return d.Errf("asap takes no arguments on its first line, got %q; put options in a block", d.Val())
 	}
+	// Where each option was written, so that a value Validate refuses
+	// is reported at its file:line: once adapted to JSON, Caddy no
+	// longer knows it.
+	at := positions{}
 	o := &h.Options
 	for d.NextBlock(0) {
 		opt := d.Val()
+		at.note(opt, d)
 		var err error
 		switch opt {
 		case "agent":
@@ -120,7 +131,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if o.SLA == nil {
 				o.SLA = new(config.SLA)
 			}
-			if err := parseSLA(d, o.SLA); err != nil {
+			if err := parseSLA(d, o.SLA, at); err != nil {
 				return err // already names the sla option
 			}
 		case "alert":
@@ -154,12 +165,67 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("asap option %s: %v", opt, err)
 		}
 	}
-	return nil
+	return h.validateAt(at)
 }
 
-func parseSLA(d *caddyfile.Dispenser, s *config.SLA) error {
+// positions wrap an error with the file:line of an option ("sla
+// availability" for one inside sla).
+type positions map[string]func(error) error
+
+func (p positions) note(opt string, d *caddyfile.Dispenser) {
+	if _, seen := p[opt]; !seen {
+		tok := d.Token()
+		p[opt] = func(err error) error { return fmt.Errorf("%w, at %s:%d", err, tok.File, tok.Line) }
+	}
+}
+
+// validateAt runs Validate on a copy of the options with defaults
+// applied (the JSON the adapter writes keeps only what was written), and
+// reports each problem with an option written here at that option's
+// line. Problems of options left out (agent missing under delegation
+// require) have no line: Validate reports them when the config loads.
+func (h *Handler) validateAt(at positions) error {
+	b, err := json.Marshal(h.Options)
+	if err != nil {
+		return err
+	}
+	var o config.Options
+	if err := json.Unmarshal(b, &o); err != nil {
+		return err
+	}
+	o.ApplyDefaults()
+	verr := o.Validate()
+	if verr == nil {
+		return nil
+	}
+	errs := []error{verr}
+	if j, ok := verr.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var out []error
+	for _, e := range errs {
+		if wrap := at[optionOf(e)]; wrap != nil {
+			out = append(out, wrap(e))
+		}
+	}
+	return errors.Join(out...)
+}
+
+// optionOf is the option an error of Options.Validate names ("asap:
+// option sla window: …" → "sla window").
+func optionOf(err error) string {
+	rest, ok := strings.CutPrefix(err.Error(), "asap: option ")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(rest, ":")
+	return name
+}
+
+func parseSLA(d *caddyfile.Dispenser, s *config.SLA, at positions) error {
 	for d.NextBlock(1) {
 		opt := d.Val()
+		at.note("sla "+opt, d)
 		var err error
 		switch opt {
 		case "availability":

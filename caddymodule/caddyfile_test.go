@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -193,7 +194,7 @@ func TestCaddyfileSLAOptionsAlone(t *testing.T) {
 		{"max_error_rate 1%", func(s *config.SLA) bool { return s.MaxErrorRate != nil && *s.MaxErrorRate == 1 }},
 		{"max_error_rate 0%", func(s *config.SLA) bool { return s.MaxErrorRate != nil && *s.MaxErrorRate == 0 }},
 		{`support_hours "Mon-Fri 9-17"`, func(s *config.SLA) bool { return s.SupportHours == "Mon-Fri 9-17" }},
-		{"health_interval 1d", func(s *config.SLA) bool { return s.HealthInterval.Std() == 24*time.Hour }},
+		{"health_interval 1h", func(s *config.SLA) bool { return s.HealthInterval.Std() == time.Hour }},
 		{"min_samples 1", func(s *config.SLA) bool { return s.MinSamples == 1 }},
 	}
 	for _, tt := range tests {
@@ -291,8 +292,8 @@ func TestCaddyfileRefusesNonPositiveValues(t *testing.T) {
 	}
 }
 
-// Ranges are Validate's business: the adapter accepts any well-formed value
-// and Validate names the option.
+// Ranges are checked by Validate; the adapter runs it too, so a value out
+// of range in a Caddyfile is reported at its file:line.
 func TestCaddyfileRangesCheckedByValidate(t *testing.T) {
 	tests := []struct {
 		line, opt string
@@ -309,22 +310,30 @@ func TestCaddyfileRangesCheckedByValidate(t *testing.T) {
 		{"alert webhook ftp://x", "alert"},
 		{"asap_versions 2.2 2.2", "asap_versions"},
 		{"default_asap_version 9.9", "default_asap_version"},
-		{"asap_versions 2.1", "default_asap_version"}, // the default 2.2 is not listed
 		{"sla {\n\t\tavailability 150%\n\t}", "sla availability"},
 		{"sla {\n\t\tmin_samples 2000000\n\t}", "sla min_samples"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.opt, func(t *testing.T) {
-			h := cfMustParse(t, "asap {\n\t"+tt.line+"\n}")
-			h.Options.ApplyDefaults()
-			err := h.Validate()
-			if err == nil {
-				t.Fatalf("%q validated", tt.line)
+			// Line 1 is "asap {": the option is on line 2, an sla
+			// option on line 3.
+			line := 2 + strings.Count(tt.line, "\n")/2
+			err := (&Handler{}).UnmarshalCaddyfile(caddyfile.NewTestDispenser("asap {\n\t" + tt.line + "\n}"))
+			if err == nil || !strings.Contains(err.Error(), "option "+tt.opt+":") || !strings.HasSuffix(err.Error(), fmt.Sprintf(", at Testfile:%d", line)) {
+				t.Fatalf("%q: error %v does not name option %s at Testfile:%d", tt.line, err, tt.opt, line)
 			}
-			if !strings.Contains(err.Error(), "option "+tt.opt+":") {
-				t.Errorf("%q: error %q does not name option %s", tt.line, err, tt.opt)
+			if strings.Contains(err.Error(), "option agent: required") {
+				t.Errorf("%q: an option left out is reported at parse time: %v", tt.line, err)
 			}
 		})
+	}
+	// A problem of an option left out has no line: Validate reports it
+	// when the config loads. (The default default_asap_version, 2.2, is
+	// not listed.)
+	h := cfMustParse(t, "asap {\n\tasap_versions 2.1\n}")
+	h.Options.ApplyDefaults()
+	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "option default_asap_version:") {
+		t.Fatalf("Validate: %v", err)
 	}
 }
 
