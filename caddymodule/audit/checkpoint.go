@@ -127,6 +127,21 @@ func (l *Log) LatestCheckpoint() ([]byte, uint64, error) {
 	return out, size, err
 }
 
+// StoredCheckpoint returns the checkpoint stored at size (nil when none
+// was signed at that size).
+func (l *Log) StoredCheckpoint(size uint64) ([]byte, error) {
+	var out []byte
+	err := l.db.View(func(r *storage.Reader) error {
+		v, err := r.Get(checkpointKey(size))
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		out = v
+		return err
+	})
+	return out, err
+}
+
 // checkpoints lists stored checkpoints by size.
 func (l *Log) checkpoints() (map[uint64][]byte, error) {
 	out := map[uint64][]byte{}
