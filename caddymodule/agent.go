@@ -28,7 +28,8 @@ type agentRuntime struct {
 	store  *Store
 	audit  bool
 
-	signKey      ed25519.PrivateKey // the key option; nil: the generated key
+	signKey      ed25519.PrivateKey  // the key option; nil: the generated key
+	previousKeys []ed25519.PublicKey // the previous_keys option
 	verifier     *delegation.Verifier
 	verifierOnce sync.Once
 
@@ -56,6 +57,7 @@ var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
 func newAgentRuntime(opts config.Options, store *Store, logger *zap.Logger) (*agentRuntime, error) {
 	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff, probes: newProbes()}
 	trusted := map[string]ed25519.PublicKey{}
+	also := map[string][]ed25519.PublicKey{}
 	if opts.KeyFile != "" {
 		key, err := delegation.LoadPrivateKey(opts.KeyFile)
 		if err != nil {
@@ -66,19 +68,36 @@ func newAgentRuntime(opts config.Options, store *Store, logger *zap.Logger) (*ag
 			trusted[opts.Agent] = key.Public().(ed25519.PublicKey)
 		}
 	}
+	for _, f := range opts.PreviousKeys {
+		pub, err := delegation.LoadPublicKey(f)
+		if err != nil {
+			return nil, fmt.Errorf("asap: option previous_keys %s: %w", f, err)
+		}
+		rt.previousKeys = append(rt.previousKeys, pub)
+		if opts.Agent != "" {
+			also[opts.Agent] = append(also[opts.Agent], pub)
+		}
+	}
 	for _, t := range opts.Trust {
 		pub, err := delegation.LoadPublicKey(t.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("asap: option trust %s: %w", t.Agent, err)
 		}
-		trusted[t.Agent] = pub
+		// A second key for a URN (the agent's own, or a trust line
+		// repeated for a partner's rotation) is added, never replaces.
+		if _, ok := trusted[t.Agent]; ok || t.Agent == opts.Agent {
+			also[t.Agent] = append(also[t.Agent], pub)
+		} else {
+			trusted[t.Agent] = pub
+		}
 	}
 	rt.verifier = &delegation.Verifier{
-		Self:     opts.Agent,
-		Trusted:  trusted,
-		MaxDepth: opts.MaxChainDepth,
-		MaxSize:  int(opts.MaxTokenSize),
-		Skew:     opts.ClockSkew.Std(),
+		Self:        opts.Agent,
+		Trusted:     trusted,
+		AlsoTrusted: also,
+		MaxDepth:    opts.MaxChainDepth,
+		MaxSize:     int(opts.MaxTokenSize),
+		Skew:        opts.ClockSkew.Std(),
 	}
 	rt.verifier.UseCache(sharedLinkCache)
 	return rt, nil

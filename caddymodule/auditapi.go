@@ -11,13 +11,14 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 )
 
-// auditKeys is a handler's checkpoint signer and the verifier key (vkey)
-// clients check checkpoints with.
+// auditKeys is a handler's checkpoint signer, the verifier key (vkey)
+// clients check checkpoints with, and the verifiers of its key and of its
+// previous_keys, which checkpoints signed before a rotation verify with.
 type auditKeys struct {
-	signer   note.Signer
-	verifier note.Verifier
-	vkey     string
-	err      error
+	signer    note.Signer
+	vkey      string
+	verifiers []note.Verifier
+	err       error
 }
 
 // auditSigner signs checkpoints as <agent>/audit with the agent's key.
@@ -31,8 +32,21 @@ func (rt *agentRuntime) auditSigner(d *database) *auditKeys {
 			return
 		}
 		k.signer, k.vkey, k.err = audit.NewSigner(audit.Origin(rt.Agent), key)
-		if k.err == nil {
-			k.verifier, k.err = note.NewVerifier(k.vkey)
+		vkeys := []string{k.vkey}
+		for _, pub := range rt.previousKeys {
+			vkey, err := note.NewEd25519VerifierKey(audit.Origin(rt.Agent), pub)
+			if err != nil {
+				k.err = err
+			}
+			vkeys = append(vkeys, vkey)
+		}
+		for _, vkey := range vkeys {
+			if k.err != nil {
+				return
+			}
+			var v note.Verifier
+			v, k.err = note.NewVerifier(vkey)
+			k.verifiers = append(k.verifiers, v)
 		}
 	})
 	return rt.auditKeys
@@ -54,9 +68,9 @@ func (s auditService) Checkpoint(ctx context.Context) ([]byte, error) {
 	return s.d.audit.Checkpoint(ctx, k.signer)
 }
 
-func (s auditService) Verifier() note.Verifier {
+func (s auditService) Verifiers() []note.Verifier {
 	if k := s.rt.auditSigner(s.d); k.err == nil {
-		return k.verifier
+		return k.verifiers
 	}
 	return nil
 }

@@ -51,13 +51,13 @@ func (rt *agentRuntime) signingKey(d *database) ed25519.PrivateKey {
 }
 
 // verifierFor is the verifier with the generated agent key trusted for
-// the protected agent when no key option names one.
+// the protected agent when no key option names one. The agent's own key
+// is its Trusted key; trust lines and previous_keys for its URN sit
+// beside it (AlsoTrusted), so they never reject the tokens it mints.
 func (rt *agentRuntime) verifierFor(d *database) *delegation.Verifier {
 	rt.verifierOnce.Do(func() {
 		if rt.signKey == nil && rt.Agent != "" && d.agentKey != nil {
-			if _, ok := rt.verifier.Trusted[rt.Agent]; !ok {
-				rt.verifier.Trusted[rt.Agent] = d.agentKey.Public().(ed25519.PublicKey)
-			}
+			rt.verifier.Trusted[rt.Agent] = d.agentKey.Public().(ed25519.PublicKey)
 		}
 	})
 	return rt.verifier

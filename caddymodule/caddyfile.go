@@ -30,6 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	asap {
 //		agent           <urn>
 //		key             <private key file>
+//		previous_keys   <key file>...
 //		trust           <urn> <public key file>
 //		delegation      require|optional|off
 //		action          <payload type> <scope>
@@ -84,6 +85,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &o.Agent)
 		case "key":
 			err = oneArg(d, &o.KeyFile)
+		case "previous_keys":
+			// Repeated lines add to the list.
+			ks := d.RemainingArgs()
+			if len(ks) == 0 {
+				err = argError("missing value: list the key files signed with before the rotation, e.g. previous_keys /etc/asap/agent-2024.key")
+			}
+			o.PreviousKeys = append(o.PreviousKeys, ks...)
 		case "trust":
 			var t config.Trust
 			if !d.Args(&t.Agent, &t.KeyFile) || d.NextArg() {

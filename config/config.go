@@ -69,6 +69,12 @@ type Options struct {
 	// Default: a key generated once as <storage>/agent.key. Caddyfile:
 	// key <file>.
 	KeyFile string `json:"key,omitempty"`
+	// PreviousKeys are the key files the agent signed with before a
+	// rotation (private or public key, PEM or JWK; only the public half
+	// is read). Tokens they signed stay valid until they expire; new
+	// tokens and checkpoints are signed with KeyFile. Default: none.
+	// Caddyfile: previous_keys <file>..., repeated lines add to the list.
+	PreviousKeys []string `json:"previous_keys,omitempty"`
 	// Trust lists other issuers whose delegation tokens may root a
 	// chain here. Default: none, only the agent itself. Caddyfile:
 	// trust <urn> <public key file>, once per issuer.
@@ -282,6 +288,11 @@ func (o *Options) Validate() error {
 	}
 	if o.Agent != "" && !agentURN.MatchString(o.Agent) {
 		bad("agent", "%q is not an agent URN (urn:asap:agent:name)", o.Agent)
+	}
+	for i, f := range o.PreviousKeys {
+		if f == "" {
+			bad("previous_keys", "entry %d is an empty file name", i+1)
+		}
 	}
 	for i, t := range o.Trust {
 		if !agentURN.MatchString(t.Agent) {

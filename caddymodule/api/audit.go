@@ -21,15 +21,17 @@ type AuditService interface {
 	// Checkpoint returns a signed checkpoint covering the current size,
 	// signing a new one when the log grew.
 	Checkpoint(ctx context.Context) ([]byte, error)
-	// Verifier checks the sidecar's checkpoint signatures (nil: none).
-	Verifier() note.Verifier
+	// Verifiers check the sidecar's checkpoint signatures: its key and
+	// the previous keys of a rotation (none: signatures are not checked).
+	// Keys of the log's history they endorse count too (audit.KeyUse).
+	Verifiers() []note.Verifier
 }
 
 // The audit log is append-only: no route changes or deletes an entry, so
 // every audit route is GET.
 
 func auditVerify(w http.ResponseWriter, _ *http.Request, s *Services) {
-	v, err := s.Audit.Log().Verify(s.Audit.Verifier())
+	v, err := s.Audit.Log().VerifyKeys(s.Audit.Verifiers()...)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "verifying: %v", err)
 		return
@@ -37,14 +39,44 @@ func auditVerify(w http.ResponseWriter, _ *http.Request, s *Services) {
 	writeJSON(w, http.StatusOK, v)
 }
 
+// auditCheckpoint answers the latest checkpoint (signing one when the log
+// grew), or with ?size=N the one stored at that size, signed with the key
+// of its time (see /audit/keys).
 func auditCheckpoint(w http.ResponseWriter, r *http.Request, s *Services) {
-	cp, err := s.Audit.Checkpoint(r.Context())
-	if err != nil {
+	var cp []byte
+	var err error
+	if r.URL.Query().Has("size") {
+		q := &query{v: r.URL.Query()}
+		size := q.int("size", 0, 0, 1<<62)
+		if q.err != nil {
+			Error(w, http.StatusBadRequest, "%v", q.err)
+			return
+		}
+		if cp, err = s.Audit.Log().StoredCheckpoint(uint64(size)); err != nil {
+			Error(w, http.StatusInternalServerError, "reading the checkpoint: %v", err)
+			return
+		}
+		if cp == nil {
+			Error(w, http.StatusNotFound, "no checkpoint was signed at size %d", size)
+			return
+		}
+	} else if cp, err = s.Audit.Checkpoint(r.Context()); err != nil {
 		Error(w, http.StatusServiceUnavailable, "no checkpoint: %v", err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = w.Write(cp)
+}
+
+// auditKeys lists the keys the log's checkpoints were signed with, each
+// with the sizes and times it was in use.
+func auditKeys(w http.ResponseWriter, _ *http.Request, s *Services) {
+	keys, err := s.Audit.Log().KeyHistory()
+	if err != nil {
+		Error(w, http.StatusInternalServerError, "reading the key history: %v", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"keys": keys, "count": len(keys)})
 }
 
 func auditEntry(w http.ResponseWriter, r *http.Request, s *Services) {

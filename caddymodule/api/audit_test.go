@@ -48,7 +48,12 @@ func (s *auditSvc) Checkpoint(ctx context.Context) ([]byte, error) {
 	return s.log.Checkpoint(ctx, s.signer)
 }
 
-func (s *auditSvc) Verifier() note.Verifier { return s.verifier }
+func (s *auditSvc) Verifiers() []note.Verifier {
+	if s.verifier == nil {
+		return nil
+	}
+	return []note.Verifier{s.verifier}
+}
 
 func newAuditSvc(t *testing.T, withKey bool) *auditSvc {
 	t.Helper()

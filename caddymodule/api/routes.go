@@ -78,6 +78,7 @@ var routes = []route{
 	{"GET", "/audit/verify", auditVerify},
 	{"GET", "/audit/export", auditExport},
 	{"GET", "/audit/checkpoint", auditCheckpoint},
+	{"GET", "/audit/keys", auditKeys},
 	{"GET", "/audit/proof/inclusion", inclusionProof},
 	{"GET", "/audit/proof/consistency", consistencyProof},
 	{"GET", "/audit/{id}", auditEntry},

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -25,7 +26,10 @@ type signer struct {
 	name string
 	hash uint32
 	key  ed25519.PrivateKey
+	vkey string
 }
+
+func (s *signer) VerifierKey() string { return s.vkey }
 
 func (s *signer) Name() string                    { return s.name }
 func (s *signer) KeyHash() uint32                 { return s.hash }
@@ -42,12 +46,13 @@ func NewSigner(name string, key ed25519.PrivateKey) (note.Signer, string, error)
 	if err != nil {
 		return nil, "", err
 	}
-	return &signer{name: name, hash: v.KeyHash(), key: key}, vkey, nil
+	return &signer{name: name, hash: v.KeyHash(), key: key, vkey: vkey}, vkey, nil
 }
 
 // Checkpoint signs the log's current size and root with s (its name is the
 // origin) and stores it, unless the latest checkpoint already covers this
-// size. It returns the signed note.
+// size. It returns the signed note. When s is a KeySigner, its key's span
+// in the key history grows in the same transaction.
 func (l *Log) Checkpoint(ctx context.Context, s note.Signer) ([]byte, error) {
 	size, root, err := l.Size()
 	if err != nil {
@@ -63,8 +68,12 @@ func (l *Log) Checkpoint(ctx context.Context, s note.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: signing checkpoint: %w", err)
 	}
+	now := time.Now()
 	err = l.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error {
 		tx.Set(checkpointKey(size), signed)
+		if ks, ok := s.(KeySigner); ok {
+			return recordKeyUse(tx, ks, size, now)
+		}
 		return nil
 	})
 	return signed, err
@@ -116,6 +125,21 @@ func (l *Log) LatestCheckpoint() ([]byte, uint64, error) {
 		})
 	})
 	return out, size, err
+}
+
+// StoredCheckpoint returns the checkpoint stored at size (nil when none
+// was signed at that size).
+func (l *Log) StoredCheckpoint(size uint64) ([]byte, error) {
+	var out []byte
+	err := l.db.View(func(r *storage.Reader) error {
+		v, err := r.Get(checkpointKey(size))
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil
+		}
+		out = v
+		return err
+	})
+	return out, err
 }
 
 // checkpoints lists stored checkpoints by size.

@@ -34,11 +34,34 @@ func bad(v *Verdict, seq uint64, format string, a ...any) Verdict {
 // the block before), the Merkle tree (against the head and every stored
 // node), and every stored checkpoint (its signature with v, when given,
 // and its root against the entries). It names the first seq that breaks.
+// A checkpoint signed by an earlier key of v's name verifies with that key
+// when the log's key history has it in use at the checkpoint's size.
 func (l *Log) Verify(v note.Verifier) (Verdict, error) {
+	if v == nil {
+		return l.VerifyKeys()
+	}
+	return l.VerifyKeys(v)
+}
+
+// VerifyKeys is Verify with several trusted keys (the key and the
+// previous_keys of a rotation), each good at any size; beside them, keys
+// of the log's history under one of their names, each within its span.
+// With no key, signatures are not checked.
+func (l *Log) VerifyKeys(trusted ...note.Verifier) (Verdict, error) {
 	var out Verdict
 	checkpoints, err := l.checkpoints()
 	if err != nil {
 		return out, err
+	}
+	var ring *keyring
+	if len(trusted) > 0 {
+		history, err := l.KeyHistory()
+		if err != nil {
+			return out, err
+		}
+		if ring, err = newKeyring(trusted, history); err != nil {
+			return out, err
+		}
 	}
 	sizes := make([]uint64, 0, len(checkpoints))
 	for s := range checkpoints {
@@ -58,8 +81,8 @@ func (l *Log) Verify(v note.Verifier) (Verdict, error) {
 			for ci < len(sizes) && sizes[ci] == size {
 				signed := checkpoints[size]
 				cp, perr := parseUnverified(signed)
-				if v != nil {
-					cp, perr = ParseCheckpoint(signed, v)
+				if ring != nil {
+					cp, perr = ring.openCheckpoint(signed, size)
 				}
 				if perr != nil {
 					res := bad(&out, lastGood, "checkpoint at size %d does not verify: %v", size, perr)

@@ -90,15 +90,15 @@ func (v *Verifier) Explain(value string) *Explanation {
 		if i < last && parent == nil {
 			add(reject(ClassMalformed, "parent_unreadable", fmt.Sprintf("its parent (link %d) cannot be read, so neither its key nor how it narrows its parent can be checked", i+1)))
 		} else {
-			var key ed25519.PublicKey
+			var keys []ed25519.PublicKey
 			var rej *Rejection
 			if i == last {
-				key, rej = v.rootKey(l)
+				keys, rej = v.rootKey(l)
 			} else {
-				key, rej = v.childKey(l, parent)
+				keys, rej = v.childKey(l, parent)
 			}
 			if rej == nil {
-				rej = checkSignature(l, key)
+				_, rej = checkSignature(l, keys)
 			}
 			if rej == nil {
 				r.KeyFrom = v.keyFrom(l, parent)
@@ -116,7 +116,7 @@ func (v *Verifier) Explain(value string) *Explanation {
 // keyFrom names where rootKey or childKey found child's key (parent is
 // nil for the root).
 func (v *Verifier) keyFrom(child, parent *Link) string {
-	if _, ok := v.Trusted[child.Claims.Issuer]; ok || parent == nil {
+	if len(v.keysOf(child.Claims.Issuer)) > 0 || parent == nil {
 		return KeyTrusted
 	}
 	if cnf := parent.Claims.Confirmation; cnf != nil && len(cnf.JWK) > 0 {

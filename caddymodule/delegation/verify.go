@@ -17,6 +17,12 @@ type Verifier struct {
 	// issued by one of them; a child issued by one of them must be signed
 	// with that key.
 	Trusted map[string]ed25519.PublicKey
+	// AlsoTrusted are further keys accepted for an issuer, after its
+	// Trusted key: the previous keys of a rotation (tokens they signed
+	// stay valid until they expire) and a trust key configured for the
+	// agent's own URN beside its own key. An issuer listed only here is
+	// trusted too.
+	AlsoTrusted map[string][]ed25519.PublicKey
 	// MaxDepth bounds the links of a chain; MaxSize the header's bytes.
 	MaxDepth int
 	MaxSize  int
@@ -114,8 +120,9 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 		seen[links[i].Claims.ID] = true
 	}
 
-	// Keys, root first: a child's key may be bound by its parent.
-	keys := make([]ed25519.PublicKey, n)
+	// Keys, root first: a child's key may be bound by its parent. An
+	// issuer may have several (a rotation's previous keys).
+	keys := make([][]ed25519.PublicKey, n)
 	for i := n - 1; i >= 0; i-- {
 		var rej *Rejection
 		if i == n-1 {
@@ -130,13 +137,14 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 
 	// Signatures.
 	for i, l := range links {
-		if cached[i] != nil && sameKey(cached[i].key, keys[i]) {
+		if cached[i] != nil && hasKey(keys[i], cached[i].key) {
 			continue
 		}
-		if rej := checkSignature(l, keys[i]); rej != nil {
+		key, rej := checkSignature(l, keys[i])
+		if rej != nil {
 			return nil, rej
 		}
-		v.cache.put(l, keys[i])
+		v.cache.put(l, key)
 	}
 
 	// Times.
@@ -157,11 +165,41 @@ func (v *Verifier) Verify(value string) (*Chain, *Rejection) {
 	return &Chain{Links: links}, nil
 }
 
-func checkSignature(l *Link, key ed25519.PublicKey) *Rejection {
-	if err := verifySignature(l, key); err != nil {
-		return reject(ClassSignature, "bad_signature", fmt.Sprintf("the signature of %s does not verify with the key of %s", l.Claims.ID, l.Claims.Issuer)).at(l)
+// checkSignature checks l's signature with each of keys in turn and
+// returns the one it verifies with.
+func checkSignature(l *Link, keys []ed25519.PublicKey) (ed25519.PublicKey, *Rejection) {
+	for _, key := range keys {
+		if verifySignature(l, key) == nil {
+			return key, nil
+		}
 	}
-	return nil
+	which := "the key"
+	if len(keys) > 1 {
+		which = fmt.Sprintf("any of the %d keys", len(keys))
+	}
+	return nil, reject(ClassSignature, "bad_signature", fmt.Sprintf("the signature of %s does not verify with %s of %s (a key rotated out of key and previous_keys no longer verifies)", l.Claims.ID, which, l.Claims.Issuer)).at(l)
+}
+
+// keysOf is every key trusted for issuer: its Trusted key first.
+func (v *Verifier) keysOf(issuer string) []ed25519.PublicKey {
+	also := v.AlsoTrusted[issuer]
+	key, ok := v.Trusted[issuer]
+	if !ok {
+		return also
+	}
+	if len(also) == 0 {
+		return []ed25519.PublicKey{key}
+	}
+	return append([]ed25519.PublicKey{key}, also...)
+}
+
+func hasKey(keys []ed25519.PublicKey, k ed25519.PublicKey) bool {
+	for _, key := range keys {
+		if sameKey(key, k) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkTimes checks a link's exp, nbf and iat against now (seconds),
@@ -179,28 +217,22 @@ func checkTimes(l *Link, now, skew int64) *Rejection {
 	return nil
 }
 
-func (v *Verifier) rootKey(root *Link) (ed25519.PublicKey, *Rejection) {
+func (v *Verifier) rootKey(root *Link) ([]ed25519.PublicKey, *Rejection) {
 	if len(root.Claims.Proof) != 0 {
 		return nil, reject(ClassMalformed, "chain_incomplete", "the last token names a parent (prf) that is not in the chain; send the whole chain, leaf first")
 	}
-	key, ok := v.Trusted[root.Claims.Issuer]
-	if !ok {
+	keys := v.keysOf(root.Claims.Issuer)
+	if len(keys) == 0 {
 		return nil, reject(ClassSignature, "untrusted_issuer", fmt.Sprintf("issuer %s is not trusted here; configure it with 'trust' or delegate from a trusted issuer", truncate(root.Claims.Issuer, 64)))
 	}
-	if rej := headerKeyMatches(root, key); rej != nil {
-		return nil, rej
-	}
-	return key, nil
+	return headerKeyAmong(root, keys)
 }
 
-// childKey resolves the key a child must be signed with: the key
+// childKey resolves the keys a child may be signed with: the keys
 // configured for its issuer, or the key its parent bound through cnf.
-func (v *Verifier) childKey(child, parent *Link) (ed25519.PublicKey, *Rejection) {
-	if key, ok := v.Trusted[child.Claims.Issuer]; ok {
-		if rej := headerKeyMatches(child, key); rej != nil {
-			return nil, rej
-		}
-		return key, nil
+func (v *Verifier) childKey(child, parent *Link) ([]ed25519.PublicKey, *Rejection) {
+	if keys := v.keysOf(child.Claims.Issuer); len(keys) > 0 {
+		return headerKeyAmong(child, keys)
 	}
 	cnf := parent.Claims.Confirmation
 	if cnf == nil || (len(cnf.JWK) == 0 && cnf.JKT == "") {
@@ -211,10 +243,7 @@ func (v *Verifier) childKey(child, parent *Link) (ed25519.PublicKey, *Rejection)
 		if err != nil {
 			return nil, reject(ClassMalformed, "bad_cnf", "the parent's cnf.jwk is not an Ed25519 JWK: "+err.Error())
 		}
-		if rej := headerKeyMatches(child, bound); rej != nil {
-			return nil, rej
-		}
-		return bound, nil
+		return headerKeyAmong(child, []ed25519.PublicKey{bound})
 	}
 	if len(child.HeaderJWK) == 0 {
 		return nil, reject(ClassSignature, "missing_header_jwk", "the parent binds the key by thumbprint (cnf.jkt), so the token header must carry that jwk")
@@ -226,20 +255,20 @@ func (v *Verifier) childKey(child, parent *Link) (ed25519.PublicKey, *Rejection)
 	if Thumbprint(hk) != cnf.JKT {
 		return nil, reject(ClassSignature, "jwk_thumbprint_mismatch", "the header jwk is not the key the parent bound (cnf.jkt)")
 	}
-	return hk, nil
+	return []ed25519.PublicKey{hk}, nil
 }
 
-// headerKeyMatches refuses a header jwk other than the resolved key: a
-// token never chooses its own key.
-func headerKeyMatches(l *Link, key ed25519.PublicKey) *Rejection {
+// headerKeyAmong narrows keys to the header jwk, and refuses a header jwk
+// that is none of them: a token never chooses its own key.
+func headerKeyAmong(l *Link, keys []ed25519.PublicKey) ([]ed25519.PublicKey, *Rejection) {
 	if len(l.HeaderJWK) == 0 {
-		return nil
+		return keys, nil
 	}
 	hk, err := l.headerKey()
-	if err != nil || !sameKey(hk, key) {
-		return reject(ClassSignature, "header_jwk_not_bound", "the token header carries a jwk that no configured key or parent cnf binds")
+	if err != nil || !hasKey(keys, hk) {
+		return nil, reject(ClassSignature, "header_jwk_not_bound", "the token header carries a jwk that no configured key or parent cnf binds")
 	}
-	return nil
+	return []ed25519.PublicKey{hk}, nil
 }
 
 func checkChild(child, parent *Link) *Rejection {
