@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
@@ -341,6 +342,26 @@ func TestAuditExportCarriesCheckpointsAndProofs(t *testing.T) {
 	} {
 		if code, out, err := run(t, cmdAuditCheck, "audit check", c.args...); code != 1 || err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("check %v: %d %v\n%s\nwant %q", c.args, code, err, out, c.want)
+		}
+	}
+}
+
+// TestAuditExportFromStoppedSidecarChecks: 'asap audit export --db' carries
+// the stored checkpoints too, and the export checks against them.
+func TestAuditExportFromStoppedSidecarChecks(t *testing.T) {
+	f := newAuditFixture(t)
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"json", "jsonl"} {
+		code, out, err := run(t, cmdAuditExport, "audit export", "--db", f.s.dir, "--format", format, "--checkpoints")
+		if code != 0 || !strings.Contains(out, `"note":"urn:asap:agent:demo/audit\n`) {
+			t.Fatalf("export --db %s: %d %v\n%.300s", format, code, err, out)
+		}
+		export := f.write(t, "stopped."+format, []byte(out))
+		code, out, err = run(t, cmdAuditCheck, "audit check", "--entries", export, "--checkpoint", f.checkpoint, "--key", f.vkey)
+		if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("valid: %d entries, ", len(f.entries))) {
+			t.Fatalf("check of the --db %s export: %d %v\n%s", format, code, err, out)
 		}
 	}
 }
