@@ -7,6 +7,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -126,7 +127,11 @@ func auditList(w http.ResponseWriter, r *http.Request, s *Services) {
 }
 
 // auditExport streams the matching entries: json ({"entries": [...]}),
-// jsonl (one entry a line) or csv.
+// jsonl (one entry a line) or csv. An export of the whole log carries the
+// signed checkpoints it can be checked against (SPEC §6): json in a
+// "checkpoints" list beside "entries"; jsonl only when asked with
+// checkpoints=true, as lines marked "type":"checkpoint" after the entries,
+// so that readers taking every line for an entry keep working.
 func auditExport(w http.ResponseWriter, r *http.Request, s *Services) {
 	log := s.Audit.Log()
 	q := &query{v: r.URL.Query()}
@@ -139,31 +144,74 @@ func auditExport(w http.ResponseWriter, r *http.Request, s *Services) {
 	if q.err == nil && format != "json" && format != "jsonl" && format != "csv" {
 		q.err = errors.New("format must be json, jsonl or csv")
 	}
+	withCheckpoints := format == "json"
+	if c := q.str("checkpoints"); q.err == nil && c != "" {
+		if b, err := strconv.ParseBool(c); err != nil {
+			q.err = errors.New("checkpoints must be true or false")
+		} else {
+			withCheckpoints = b && format != "csv"
+		}
+	}
 	if q.err != nil {
 		Error(w, http.StatusBadRequest, "%v", q.err)
 		return
+	}
+	// A filtered export has gaps no checkpoint covers.
+	withCheckpoints = withCheckpoints && f == (audit.Filter{})
+	if withCheckpoints {
+		// Sign the log as it is now (a no-op when nothing was appended
+		// since the last checkpoint), so the export is covered to its end;
+		// without a key there is nothing to sign and stored ones still go.
+		_, _ = s.Audit.Checkpoint(r.Context())
 	}
 	entries, err := log.Query(f, limit, 0)
 	if err != nil {
 		Error(w, http.StatusInternalServerError, "reading the audit log: %v", err)
 		return
 	}
+	var cps []audit.ExportCheckpoint
+	if withCheckpoints {
+		// Only those the exported entries reach: the log may have grown.
+		if cps, err = log.Checkpoints(uint64(len(entries))); err != nil {
+			Error(w, http.StatusInternalServerError, "reading the checkpoints: %v", err)
+			return
+		}
+	}
 	w.Header().Set("Content-Disposition", "attachment; filename=audit_export."+format)
 	switch format {
 	case "json":
-		writeJSON(w, http.StatusOK, map[string]any{"entries": entries, "count": len(entries)})
+		body := map[string]any{"entries": entries, "count": len(entries)}
+		if withCheckpoints {
+			body["checkpoints"] = cps
+		}
+		writeJSON(w, http.StatusOK, body)
 	case "jsonl":
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		bw := bufio.NewWriter(w)
-		enc := json.NewEncoder(bw)
-		for i := range entries {
-			_ = enc.Encode(&entries[i])
-		}
+		_ = WriteAuditJSONL(bw, entries, cps)
 		_ = bw.Flush()
 	case "csv":
 		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 		_ = WriteAuditCSV(w, entries)
 	}
+}
+
+// WriteAuditJSONL writes an entry a line, then a line per checkpoint
+// marked "type":"checkpoint".
+func WriteAuditJSONL(w io.Writer, entries []audit.Entry, cps []audit.ExportCheckpoint) error {
+	enc := json.NewEncoder(w)
+	for i := range entries {
+		if err := enc.Encode(&entries[i]); err != nil {
+			return err
+		}
+	}
+	for _, c := range cps {
+		c.Type = "checkpoint"
+		if err := enc.Encode(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // WriteAuditCSV writes entries as CSV with a header row; details stay the

@@ -176,6 +176,81 @@ func auditEntries(t *testing.T, w *httptest.ResponseRecorder) []audit.Entry {
 	return body.Entries
 }
 
+// exportEntries is auditEntries for a json export of the whole log, which
+// carries its checkpoints too: wantCheckpoints of them, the last covering
+// every entry.
+func exportEntries(t *testing.T, w *httptest.ResponseRecorder, wantCheckpoints int) []audit.Entry {
+	t.Helper()
+	var body struct {
+		Checkpoints *[]audit.ExportCheckpoint `json:"checkpoints"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Checkpoints == nil || len(*body.Checkpoints) != wantCheckpoints {
+		t.Fatalf("want %d checkpoints in a json export: %v %s", wantCheckpoints, err, w.Body.String())
+	}
+	cps := *body.Checkpoints
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(w.Body.Bytes(), &m)
+	delete(m, "checkpoints")
+	b, _ := json.Marshal(m)
+	w2 := httptest.NewRecorder()
+	w2.Header().Set("Content-Type", "application/json")
+	w2.Header().Set("Content-Length", fmt.Sprint(len(b)))
+	w2.Write(b)
+	entries := auditEntries(t, w2)
+	if wantCheckpoints > 0 && cps[len(cps)-1].Size != uint64(len(entries)) {
+		t.Errorf("the last checkpoint covers %d of %d entries", cps[len(cps)-1].Size, len(entries))
+	}
+	return entries
+}
+
+// An export of the whole log carries signed checkpoints that check
+// offline, signing one of the log as exported first; jsonl only when
+// asked; a filtered export none.
+func TestAuditExportCarriesCheckpoints(t *testing.T) {
+	s := newAuditSvc(t, true)
+	all := seedAudit(t, s)
+	if _, err := s.Checkpoint(context.Background()); err != nil { // an older one, at the full size
+		t.Fatal(err)
+	}
+	err := s.db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error {
+		es, err := s.log.Append(tx, auditT0.Add(time.Hour), audit.Record{Operation: audit.OpTaskStarted, AgentURN: consC1, Details: map[string]any{"task_id": "t9"}})
+		all = append(all, es...)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := auditGet(t, s, "/audit/export")
+	eq(t, "json", exportEntries(t, w, 2), all)
+
+	var a audit.Auditor
+	cps, err := audit.ReadExport(bytes.NewReader(w.Body.Bytes()), a.Add)
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := []audit.NamedCheckpoint{}
+	for _, c := range cps {
+		named = append(named, audit.NamedCheckpoint{Name: fmt.Sprint(c.Size), Note: []byte(c.Note)})
+	}
+	if _, err := a.CheckCheckpoints(named, []note.Verifier{s.verifier}); err != nil {
+		t.Fatalf("the export's checkpoints do not check: %v", err)
+	}
+
+	jsonl := auditGet(t, s, "/audit/export?format=jsonl&checkpoints=true").Body.String()
+	if strings.Count(jsonl, "\n") != len(all)+2 || !strings.Contains(jsonl, `{"type":"checkpoint","size":`+fmt.Sprint(len(all))+`,"note":"`) {
+		t.Errorf("jsonl with checkpoints:\n%s", jsonl)
+	}
+	if w := auditGet(t, s, "/audit/export?format=json&checkpoints=false"); strings.Contains(w.Body.String(), "checkpoints") {
+		t.Errorf("checkpoints=false: %s", w.Body.String())
+	}
+	if w := auditGet(t, s, "/audit/export?"+q("urn", consC1)); strings.Contains(w.Body.String(), "checkpoints") {
+		t.Errorf("a filtered export carries checkpoints: %s", w.Body.String())
+	}
+	if d := detail(t, auditGet(t, s, "/audit/export?checkpoints=maybe"), http.StatusBadRequest); d != "checkpoints must be true or false" {
+		t.Errorf("checkpoints=maybe: %q", d)
+	}
+}
+
 func auditSeqs(es []audit.Entry) []uint64 {
 	out := []uint64{}
 	for _, e := range es {
@@ -348,7 +423,7 @@ func TestAuditExport(t *testing.T) {
 
 	for _, target := range []string{"/audit/export", "/audit/export?format=json"} {
 		w := auditGet(t, s, target)
-		eq(t, target, auditEntries(t, w), all)
+		eq(t, target, exportEntries(t, w, 0), all)
 		if cd := w.Header().Get("Content-Disposition"); cd != "attachment; filename=audit_export.json" {
 			t.Errorf("%s: Content-Disposition %q", target, cd)
 		}
