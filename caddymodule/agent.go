@@ -42,6 +42,8 @@ type agentRuntime struct {
 	trackerMu   sync.Mutex
 	// rejected counts requests answered without reaching the agent.
 	rejected atomic.Uint64
+	// rejections count refusals by reason, for Prometheus.
+	rejections *rejectionCounters
 }
 
 // sharedLinkCache outlives config reloads: entries record the key they
@@ -52,7 +54,8 @@ var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
 // verifier. It runs in Provision, so `caddy validate` catches unreadable
 // keys; it opens nothing else.
 func newAgentRuntime(opts config.Options, store *Store, logger *zap.Logger) (*agentRuntime, error) {
-	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff}
+	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff,
+		rejections: newRejectionCounters(opts.Agent)}
 	trusted := map[string]ed25519.PublicKey{}
 	if opts.KeyFile != "" {
 		key, err := delegation.LoadPrivateKey(opts.KeyFile)

@@ -180,7 +180,8 @@ func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Cl
 
 // openShared opens dir's database and what goes with it.
 func openDatabase(dir string, flush time.Duration, logger *zap.Logger) (*database, error) {
-	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush})
+	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush,
+		Observer: newStorageObserver(dir)})
 	if err != nil {
 		return nil, err
 	}
@@ -259,6 +260,9 @@ func (a *App) startLoops() {
 	seen := map[*Store]bool{}
 	for _, rt := range a.agents {
 		if rt.Agent != "" {
+			// Opened now, not by the loop, so the agent's SLA metrics
+			// are there from the first scrape.
+			rt.slaTracker(rt.store.Opened())
 			a.loops.Add(1)
 			go func(rt *agentRuntime) {
 				defer a.loops.Done()
