@@ -45,6 +45,8 @@ type agentRuntime struct {
 	rejected atomic.Uint64
 	// probes holds the last health check and manifest fetch.
 	probes *probes
+	// rejections count refusals by reason, for Prometheus.
+	rejections *rejectionCounters
 }
 
 // sharedLinkCache outlives config reloads: entries record the key they
@@ -55,7 +57,8 @@ var sharedLinkCache = delegation.NewLinkCache(delegation.DefaultCacheSize)
 // verifier. It runs in Provision, so `caddy validate` catches unreadable
 // keys; it opens nothing else.
 func newAgentRuntime(opts config.Options, store *Store, logger *zap.Logger) (*agentRuntime, error) {
-	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff, probes: newProbes()}
+	rt := &agentRuntime{Options: opts, logger: logger, store: store, audit: opts.Audit != config.MeteringOff,
+		probes: newProbes(), rejections: newRejectionCounters(opts.Agent)}
 	trusted := map[string]ed25519.PublicKey{}
 	also := map[string][]ed25519.PublicKey{}
 	if opts.KeyFile != "" {

@@ -3,14 +3,20 @@ package caddymodule
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
+	"github.com/asap-sidecar/asap-sidecar/config"
 )
 
 // Notification is what subscribers and webhooks receive, shaped as the
@@ -73,8 +79,17 @@ func (h *alertHub) publish(n Notification) {
 // to a day). The request path only ever enqueues.
 var webhooks = newWebhookSender()
 
+// webhookTarget is one alert webhook: where, and the secret its
+// deliveries are signed with ("" for none).
+type webhookTarget struct {
+	url    string
+	secret string
+}
+
 type webhookJob struct {
-	url      string
+	webhookTarget
+	// key is the Idempotency-Key, the same on every retry of the alert.
+	key      string
 	body     []byte
 	attempts int
 	due      time.Time
@@ -100,10 +115,10 @@ func newWebhookSender() *webhookSender {
 	return &webhookSender{wake: make(chan struct{}, 1), client: &http.Client{Timeout: 10 * time.Second}, logger: zap.NewNop()}
 }
 
-// enqueue schedules n for every url. The oldest job is dropped when the
-// queue is full: a bounded memory matters more than a week-old alert.
-func (w *webhookSender) enqueue(logger *zap.Logger, urls []string, n Notification) {
-	if len(urls) == 0 {
+// enqueue schedules n for every target. The oldest job is dropped when
+// the queue is full: a bounded memory matters more than a week-old alert.
+func (w *webhookSender) enqueue(logger *zap.Logger, targets []webhookTarget, n Notification) {
+	if len(targets) == 0 {
 		return
 	}
 	body, err := json.Marshal(n)
@@ -114,12 +129,16 @@ func (w *webhookSender) enqueue(logger *zap.Logger, urls []string, n Notificatio
 	now := time.Now()
 	w.mu.Lock()
 	w.logger = logger
-	for _, u := range urls {
+	// A breach is opened and resolved once each: its id and the event
+	// name one alert, whatever the retries.
+	key := n.Params.Breach.ID + ":" + n.Method
+	for _, t := range targets {
 		if len(w.queue) >= webhookQueueMax {
 			w.logger.Warn("webhook queue full; dropping the oldest alert", zap.String("url", w.queue[0].url))
 			w.queue = w.queue[1:]
+			webhookDropped.Inc()
 		}
-		w.queue = append(w.queue, &webhookJob{url: u, body: body, due: now, first: now})
+		w.queue = append(w.queue, &webhookJob{webhookTarget: t, key: key, body: body, due: now, first: now})
 	}
 	w.mu.Unlock()
 	select {
@@ -154,10 +173,13 @@ func (w *webhookSender) run() {
 			continue
 		}
 		if w.deliver(job) {
+			webhookOK.Inc()
 			continue
 		}
+		webhookFailed.Inc()
 		job.attempts++
 		if time.Since(job.first) > webhookGiveUp {
+			webhookDropped.Inc()
 			logger.Error("webhook alert dropped after a day of failures", zap.String("url", job.url), zap.Int("attempts", job.attempts))
 			continue
 		}
@@ -182,6 +204,12 @@ func (w *webhookSender) deliver(j *webhookJob) bool {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "asap-sidecar/"+Version)
+	req.Header.Set("Idempotency-Key", j.key)
+	if j.secret != "" {
+		// Signed afresh on every attempt: the timestamp is the
+		// attempt's, so a receiver may refuse old ones (replays).
+		req.Header.Set(SignatureHeader, signWebhook(j.secret, time.Now(), j.body))
+	}
 	resp, err := w.client.Do(req)
 	if err != nil {
 		return false
@@ -190,9 +218,36 @@ func (w *webhookSender) deliver(j *webhookJob) bool {
 	return resp.StatusCode < 300
 }
 
+// SignatureHeader carries a signed webhook's signature, in Stripe's
+// scheme: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">.
+const SignatureHeader = "ASAP-Signature"
+
+func signWebhook(secret string, t time.Time, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(ts))
+	mac.Write([]byte{'.'})
+	mac.Write(body)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
 // pending is the number of undelivered webhook alerts (for tests).
 func (w *webhookSender) pending() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.queue)
+}
+
+// expandSecret is a's secret with {env.*} placeholders replaced. A secret
+// that expands to nothing (an unset variable) is reported: deliveries
+// then go out unsigned, and receivers that verify refuse them.
+func expandSecret(logger *zap.Logger, a config.Alert) string {
+	if a.Secret == "" {
+		return ""
+	}
+	s := caddy.NewReplacer().ReplaceKnown(a.Secret, "")
+	if s == "" {
+		logger.Warn("alert webhook secret is empty once expanded; deliveries go out unsigned", zap.String("url", a.Webhook))
+	}
+	return s
 }

@@ -182,7 +182,8 @@ func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Cl
 // some handler on it has no key option and so signs with the generated
 // agent key: only then is a newly generated key worth a log line.
 func openDatabase(dir string, flush time.Duration, logger *zap.Logger, keyless bool) (*database, error) {
-	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush})
+	db, err := storage.Open(storage.Options{Dir: dir, Logger: logger.Named("storage"), FlushInterval: flush,
+		Observer: newStorageObserver(dir)})
 	if err != nil {
 		return nil, err
 	}
@@ -261,6 +262,9 @@ func (a *App) startLoops() {
 	seen := map[*Store]bool{}
 	for _, rt := range a.agents {
 		if rt.Agent != "" {
+			// Opened now, not by the loop, so the agent's SLA metrics
+			// are there from the first scrape.
+			rt.slaTracker(rt.store.Opened())
 			a.loops.Add(1)
 			go func(rt *agentRuntime) {
 				defer a.loops.Done()

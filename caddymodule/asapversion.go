@@ -29,7 +29,7 @@ func (h *Handler) negotiateVersion(w http.ResponseWriter, r *http.Request) (_ ht
 			w.Header().Set("Connection", "close")
 		}
 		// The reference labels this answer with its default version.
-		return nil, true, h.reject(withVersion(w, h.versions.Default), http.StatusOK, h.versions.Incompatible(values).JSON())
+		return nil, true, h.reject(withVersion(w, h.versions.Default), http.StatusOK, h.versions.Incompatible(values))
 	}
 	r.Header.Set(protocol.VersionHeader, version)
 	return withVersion(w, version), false, nil

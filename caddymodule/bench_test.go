@@ -221,7 +221,7 @@ func BenchmarkRequestWithStuckWebhook(b *testing.B) {
 	b.Run("no-alerts-queued", run)
 	n := Notification{JSONRPC: "2.0", Method: "sla.breach"}
 	for i := 0; i < webhookQueueMax+10; i++ {
-		webhooks.enqueue(zap.NewNop(), []string{receiver.URL}, n)
+		webhooks.enqueue(zap.NewNop(), []webhookTarget{{url: receiver.URL}}, n)
 	}
 	b.Run("receiver-stuck-queue-full", run)
 	webhooks.mu.Lock()

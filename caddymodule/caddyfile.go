@@ -54,7 +54,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			health_url      <url>
 //			window          <duration>
 //		}
-//		alert webhook   <url>
+//		alert webhook   <url> {
+//			secret <secret>
+//		}
 //		max_body        <size>
 //		max_batch       <n>
 //		inspect_limit   <size>
@@ -150,7 +152,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if kind != "webhook" {
 				return d.Errf("alert: unknown sink %q; use webhook", kind)
 			}
-			o.Alerts = append(o.Alerts, config.Alert{Webhook: target})
+			a := config.Alert{Webhook: target}
+			for d.NextBlock(1) {
+				if d.Val() != "secret" {
+					return d.Errf("unknown asap alert option %q; use secret", d.Val())
+				}
+				if err := oneArg(d, &a.Secret); err != nil {
+					return d.Errf("asap option alert secret: %v", err)
+				}
+			}
+			o.Alerts = append(o.Alerts, a)
 		case "max_body":
 			err = sizeArg(d, &o.MaxBody)
 		case "max_batch":

@@ -99,7 +99,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		if h.Delegation != config.DelegationOff {
 			if rej := h.authorizeUpgrade(r, db); rej != nil {
-				return h.reject(w, http.StatusForbidden, delegationError(rej).JSON())
+				return h.reject(w, http.StatusForbidden, delegationError(rej))
 			}
 		}
 		return h.serveWebSocket(w, r, next, db)
@@ -109,7 +109,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		w = withVersion(w, h.versions.Default)
 		w.Header().Set("Allow", http.MethodPost)
 		return h.reject(w, http.StatusMethodNotAllowed, protocol.NewError(protocol.CodeInvalidRequest, "method_not_allowed",
-			fmt.Sprintf("%s is not served on %s; send JSON-RPC with POST (or open a WebSocket with GET /asap/ws)", truncateASCII(r.Method, 16), r.URL.Path)).JSON())
+			fmt.Sprintf("%s is not served on %s; send JSON-RPC with POST (or open a WebSocket with GET /asap/ws)", truncateASCII(r.Method, 16), r.URL.Path)))
 	}
 
 	w, refused, err := h.negotiateVersion(w, r)
@@ -128,8 +128,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	x := &exchange{req: req, db: db}
 	x.grants, x.ids = h.admit(r, db, req)
 	defer x.release()
+	h.rt.rejections.countCalls(req)
 	if !req.Forwardable() {
-		return h.reject(w, http.StatusOK, localAnswer(req))
+		return h.answerLocally(w, http.StatusOK, localAnswer(req))
 	}
 
 	// A task the agent runs is usage whether or not its client waits for
@@ -165,13 +166,13 @@ func (h *Handler) parse(w http.ResponseWriter, r *http.Request) (sent []byte, re
 			if be.status == http.StatusUnsupportedMediaType {
 				code = protocol.CodeInvalidRequest
 			}
-			return nil, nil, func() error { return h.reject(w, be.status, protocol.NewError(code, be.reason, be.detail).JSON()) }
+			return nil, nil, func() error { return h.reject(w, be.status, protocol.NewError(code, be.reason, be.detail)) }
 		}
 		return nil, nil, func() error { return h.rejectTooLarge(w) }
 	}
 	req, perr := protocol.ParseRequest(body, h.limits)
 	if perr != nil {
-		return nil, nil, func() error { return h.reject(w, http.StatusOK, perr.JSON()) }
+		return nil, nil, func() error { return h.reject(w, http.StatusOK, perr) }
 	}
 	return sent, req, nil
 }
@@ -338,15 +339,22 @@ func (h *Handler) rejectTooLarge(w http.ResponseWriter) error {
 	return h.reject(w, http.StatusRequestEntityTooLarge, h.tooLarge())
 }
 
-func (h *Handler) tooLarge() []byte {
+func (h *Handler) tooLarge() *protocol.Error {
 	e := protocol.NewError(protocol.CodeInvalidRequest, "body_too_large",
 		fmt.Sprintf("the request body is larger than max_body (%d bytes); send less or raise max_body", h.MaxBody))
 	e.Extra = map[string]any{"limit": int64(h.MaxBody)}
-	return e.JSON()
+	return e
 }
 
-// reject answers without forwarding.
-func (h *Handler) reject(w http.ResponseWriter, status int, body []byte) error {
+// reject refuses the whole request with e, without forwarding.
+func (h *Handler) reject(w http.ResponseWriter, status int, e *protocol.Error) error {
+	h.rt.rejections.count(e.Code, e.Reason)
+	return h.answerLocally(w, status, e.JSON())
+}
+
+// answerLocally answers without forwarding. Refused calls are counted
+// by reason where they are refused.
+func (h *Handler) answerLocally(w http.ResponseWriter, status int, body []byte) error {
 	h.rt.rejected.Add(1)
 	return writeJSON(w, status, body)
 }

@@ -43,7 +43,8 @@ var taskMetrics = struct {
 }
 
 func registerMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{taskMetrics.tasks, taskMetrics.tokensIn, taskMetrics.tokensOut, taskMetrics.apiCalls, taskMetrics.duration, slaCollector{}} {
+	for _, c := range []prometheus.Collector{taskMetrics.tasks, taskMetrics.tokensIn, taskMetrics.tokensOut, taskMetrics.apiCalls, taskMetrics.duration, slaCollector{},
+		rejectionsTotal, webhookDeliveries, webhookQueue, commitGroupWriters, syncSeconds, storageCollector{}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -76,6 +76,11 @@ var (
 	slaOpenDesc   = prometheus.NewDesc("asap_sla_open_breaches", "SLA breaches open now.", []string{"agent", "type", "severity"}, nil)
 )
 
+var (
+	breachTypes      = []string{sla.TypeAvailability, sla.TypeLatency, sla.TypeErrorRate, sla.TypeErrorBudget}
+	breachSeverities = []string{sla.SeverityWarning, sla.SeverityCritical}
+)
+
 func (slaCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- slaP95Desc
 	ch <- slaErrorDesc
@@ -93,7 +98,14 @@ func (slaCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(slaErrorDesc, prometheus.GaugeValue, m.ErrorRatePercent, agent, name)
 			ch <- prometheus.MustNewConstMetric(slaUptimeDesc, prometheus.GaugeValue, m.UptimePercent, agent, name)
 		}
-		counts := map[[2]string]int{}
+		// Every type and severity from the start, at 0 until a breach:
+		// alert rules need no absent().
+		counts := make(map[[2]string]int, len(breachTypes)*len(breachSeverities))
+		for _, typ := range breachTypes {
+			for _, sev := range breachSeverities {
+				counts[[2]string{typ, sev}] = 0
+			}
+		}
 		for _, b := range t.OpenBreaches() {
 			counts[[2]string{b.BreachType, b.Severity}]++
 		}

@@ -37,7 +37,7 @@ type trackerEntry struct {
 // subscribers, and the audit log.
 type alertSink struct {
 	logger   *zap.Logger
-	webhooks []string
+	webhooks []webhookTarget
 	audit    *audit.Log // nil: no audit entries
 }
 
@@ -149,7 +149,7 @@ func (rt *agentRuntime) healthInterval() time.Duration {
 func (rt *agentRuntime) alertSink(d *database) *alertSink {
 	s := &alertSink{logger: rt.logger.Named("sla")}
 	for _, a := range rt.Alerts {
-		s.webhooks = append(s.webhooks, a.Webhook)
+		s.webhooks = append(s.webhooks, webhookTarget{url: a.Webhook, secret: expandSecret(rt.logger, a)})
 	}
 	if rt.audit {
 		s.audit = d.audit

@@ -238,6 +238,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 	req, perr := protocol.ParseRequest(msg, h.limits)
 	if perr != nil {
 		h.rt.rejected.Add(1)
+		h.rt.rejections.count(perr.Code, perr.Reason)
 		return s.send(ctx, perr.JSON())
 	}
 	if !req.Batch {
@@ -247,6 +248,7 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 	}
 	s.refusePendingIDs(req)
 	grants, ids := h.admit(s.r, s.db, req)
+	h.rt.rejections.countCalls(req)
 	if !req.Forwardable() {
 		h.rt.rejected.Add(1)
 		return s.send(ctx, localAnswer(req))

@@ -216,6 +216,12 @@ type Alert struct {
 	// Webhook is an http(s) URL every sla.breach and sla.resolved
 	// notification is POSTed to, retried with backoff.
 	Webhook string `json:"webhook,omitempty"`
+	// Secret signs each delivery with ASAP-Signature: t=<unix>,v1=<hex
+	// of HMAC-SHA256(secret, "<t>.<body>")>, so that the receiver can
+	// tell it from a forgery. Placeholders such as {env.ASAP_WEBHOOK_SECRET} are
+	// expanded. Default: none (unsigned). Caddyfile: secret <secret>,
+	// in the alert's block.
+	Secret string `json:"secret,omitempty"`
 }
 
 // ApplyDefaults fills every unset option with its default; in JSON config a

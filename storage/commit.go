@@ -305,6 +305,9 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 		}
 		return
 	}
+	if o := db.opts.Observer; o != nil {
+		o.CommitGroup(len(writers))
+	}
 	var strict, relaxed []*pending
 	for _, p := range writers {
 		if p.durability == Strict {

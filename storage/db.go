@@ -40,6 +40,18 @@ type Options struct {
 	// opened this way (ErrNotClosedCleanly): its write-ahead log must first
 	// be replayed by a read-write open.
 	ReadOnly bool
+	// Observer, when set, hears about the pipeline's work, for metrics
+	// kept outside this package. Its methods run on the pipeline's
+	// goroutines and must be quick.
+	Observer Observer
+}
+
+// Observer is told what the commit pipeline does.
+type Observer interface {
+	// CommitGroup: one transaction committed with this many writers.
+	CommitGroup(writers int)
+	// Synced: one sync of committed writes to disk took d.
+	Synced(d time.Duration)
 }
 
 // DB is the shared database handle. It is safe for concurrent use.
@@ -193,6 +205,15 @@ func open(opts Options, d deps) (*DB, error) {
 	}
 	if d.flushTicker != nil {
 		db.flushTicker = d.flushTicker
+	}
+	if o := opts.Observer; o != nil {
+		sync := db.syncFn
+		db.syncFn = func() error {
+			start := time.Now()
+			err := sync()
+			o.Synced(time.Since(start))
+			return err
+		}
 	}
 	db.done.Add(4)
 	go db.commitLoop()
