@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -259,5 +260,36 @@ func TestBackupUnderLoadRestoresIntoAWorkingSidecar(t *testing.T) {
 	}
 	if a := callWith(t, s.url, limited, envelope("01JLIMIT000000000000000005", "echo", `{}`)); a.Error == nil || a.Error.Code != protocol.CodeTokenLimitSpent {
 		t.Fatalf("the sixth task of a 5-task token after restore: %+v", a)
+	}
+}
+
+// The commands name what is missing or wrong before touching anything.
+func TestBackupAndRestoreCommandsRefuseBadInput(t *testing.T) {
+	if _, err := cmdBackup(cmdFlags(t, "backup", "--address", "127.0.0.1:1")); err == nil || !strings.Contains(err.Error(), "-o FILE is required") {
+		t.Errorf("backup without -o: %v", err)
+	}
+	if _, err := cmdRestore(cmdFlags(t, "restore", "x.backup")); err == nil || !strings.Contains(err.Error(), "--db DIR is required") {
+		t.Errorf("restore without --db: %v", err)
+	}
+	dir := t.TempDir()
+	if _, err := cmdRestore(cmdFlags(t, "restore", "--db", dir, filepath.Join(dir, "missing.backup"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("restore of a missing file: %v", err)
+	}
+	notBackup := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(notBackup, []byte("just some text, not a backup at all"), 0o600)
+	target := filepath.Join(t.TempDir(), "new")
+	if _, err := cmdRestore(cmdFlags(t, "restore", "--db", target, notBackup)); !errors.Is(err, storage.ErrBadBackup) {
+		t.Errorf("restore of another file: %v", err)
+	}
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Errorf("the refused restore created %s", target)
+	}
+	// With no sidecar and no --db, the backup fails and leaves no file.
+	out := filepath.Join(t.TempDir(), "b.backup")
+	if _, err := cmdBackup(cmdFlags(t, "backup", "--address", "127.0.0.1:1", "-o", out)); err == nil {
+		t.Error("backup with no sidecar succeeded")
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
+		t.Errorf("a failed backup left %s", entries[0].Name())
 	}
 }

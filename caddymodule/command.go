@@ -34,7 +34,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, version)",
+		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, backup, version)",
 		Long: `
 Commands for operating the ASAP sidecar. Most talk to a running sidecar
 through its admin API (--address, default: from --config, else
