@@ -37,6 +37,9 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/asap/status", Handler: caddy.AdminHandlerFunc(serveStatus)},
+		// Only here, never on the public asap_api mount: a backup is the
+		// whole database.
+		{Pattern: "/asap/backup", Handler: caddy.AdminHandlerFunc(serveBackup)},
 		{Pattern: "/asap/", Handler: caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 			adminAPI.ServeHTTP(w, r)
 			return nil

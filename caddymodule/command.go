@@ -36,7 +36,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, version)",
+		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, backup, version)",
 		Long: `
 Commands for operating the ASAP sidecar. Most talk to a running sidecar
 through its admin API (--address, default: from --config, else
@@ -59,7 +59,7 @@ func asapCommands(cmd *cobra.Command) {
 	cmd.Example = `  asap-caddy asap keygen --out /etc/asap --name research
   asap-caddy asap delegation create --delegate urn:asap:agent:client --scopes task.execute
   asap-caddy asap audit verify --db /var/lib/asap`
-	cmd.AddCommand(versionCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand())
+	cmd.AddCommand(versionCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand())
 }
 
 // command is a cobra command whose work is fn; flags, when given, adds
