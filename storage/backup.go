@@ -58,7 +58,15 @@ func (db *DB) Backup(w io.Writer) (BackupInfo, error) {
 	}
 	h := sha256.New()
 	start := cw.n
-	version, err := db.bdb.Backup(io.MultiWriter(cw, h), 0)
+	// Badger's DB.Backup streams key ranges from several goroutines, each
+	// with its own read transaction opened when it starts: a write landing
+	// in between is in one range and not another, so the file is not one
+	// point in time (TestBackupUnderWritesIsASnapshot caught it). One
+	// goroutine reads every range in one transaction.
+	stream := db.bdb.NewStream()
+	stream.LogPrefix = "storage.Backup"
+	stream.NumGo = 1
+	version, err := stream.Backup(io.MultiWriter(cw, h), 0)
 	if err != nil {
 		return BackupInfo{Bytes: cw.n}, fmt.Errorf("storage: backing up %s: %w", db.dir, err)
 	}
