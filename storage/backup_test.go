@@ -255,7 +255,13 @@ func TestRestoreRejectsShortOrDamagedBackups(t *testing.T) {
 		"cut in the end marker":   file[:len(file)-5],
 		"a flipped value byte":    flip(endAt - 20),
 		"a flipped checksum byte": flip(len(file) - 1),
-		"data after the end":      append(bytes.Clone(file), 0),
+		"a miscounted end marker": flip(endAt + 8 + 8),
+		"a frame claiming too much": func() []byte {
+			b := bytes.Clone(file)
+			binary.LittleEndian.PutUint64(b[len(backupMagic):], maxFrame+1)
+			return b
+		}(),
+		"data after the end": append(bytes.Clone(file), 0),
 	}
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -280,5 +286,57 @@ func TestRestoreRejectsShortOrDamagedBackups(t *testing.T) {
 	}
 	if _, err := CheckBackup(bytes.NewReader(file)); err != nil {
 		t.Fatalf("the intact file: %v", err)
+	}
+}
+
+// budgetWriter fails once it has taken n bytes.
+type budgetWriter struct{ n int }
+
+func (w *budgetWriter) Write(p []byte) (int, error) {
+	if len(p) > w.n {
+		k := w.n
+		w.n = 0
+		return k, errors.New("disk full")
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
+
+// A backup whose writer fails — in the header, in the stream or in the
+// end marker — reports the failure rather than a finished backup.
+func TestBackupReportsAFailingWriter(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	defer db.Close()
+	if err := db.Commit(testCtx(t), Strict, func(tx *Tx) error {
+		tx.Set(SpaceTask.KeyString("k"), bytes.Repeat([]byte("v"), 1000))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file, _ := backupOf(t, db)
+	for _, budget := range []int{0, len(backupMagic) + 10, len(file) - 1} {
+		if _, err := db.Backup(&budgetWriter{n: budget}); err == nil {
+			t.Errorf("a writer failing after %d of %d bytes: the backup reported success", budget, len(file))
+		}
+	}
+}
+
+// Restore refuses what it cannot do before touching anything.
+func TestRestoreRefusesBadTargets(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	file, _ := backupOf(t, db)
+	db.Close()
+	if _, err := Restore(Options{Dir: t.TempDir(), ReadOnly: true}, bytes.NewReader(file)); err == nil || !strings.Contains(err.Error(), "ReadOnly") {
+		t.Errorf("a read-only restore: %v", err)
+	}
+	if _, err := Restore(Options{}, bytes.NewReader(file)); err == nil || !strings.Contains(err.Error(), "no directory") {
+		t.Errorf("a restore without a directory: %v", err)
+	}
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Restore(Options{Dir: filepath.Join(notADir, "db")}, bytes.NewReader(file)); err == nil {
+		t.Error("a restore under a file succeeded")
 	}
 }
