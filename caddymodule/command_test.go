@@ -3,11 +3,9 @@ package caddymodule
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/internal/dirstate"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -485,32 +484,6 @@ func TestReadTokenArg(t *testing.T) {
 	}
 }
 
-// dirState is every file of a database directory: name, size, mtime and
-// content hash.
-func dirState(t testing.TB, dir string) map[string]string {
-	t.Helper()
-	st := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		st[p] = fmt.Sprintf("%s %d %x", info.ModTime().Format(time.RFC3339Nano), info.Size(), sha256.Sum256(b))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // The commands against a running sidecar (through its admin API) and
 // against its database once stopped (--db): the reading ones leave every
 // file of the database as it was.
@@ -555,7 +528,7 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	before := dirState(t, s.dir)
+	before := dirstate.Of(t, s.dir)
 	db := []string{"--db", s.dir}
 	if _, out, err := run(t, cmdDelegationList, "delegation list", append(db, "--all")...); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "STATE") {
 		t.Fatalf("list --db: %v %s", err, out)
@@ -573,7 +546,7 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	if _, out, err := run(t, cmdDelegationInspect, "delegation inspect", append(db, token, "--trust", trust)...); err != nil || !strings.Contains(out, "no link is revoked in "+s.dir) {
 		t.Fatalf("inspect --db: %v %s", err, out)
 	}
-	sameDirState(t, before, dirState(t, s.dir))
+	sameDirState(t, before, dirstate.Of(t, s.dir))
 
 	// revoke --db writes; inspect --db then sees it.
 	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(db, "del_other")...)); code == 0 || err == nil || !strings.Contains(err.Error(), "--force revokes it anyway") {
@@ -635,12 +608,12 @@ func TestReadingCommandsNameACrashedDatabase(t *testing.T) {
 		}
 	}
 	db.Close()
-	before := dirState(t, crashed)
+	before := dirstate.Of(t, crashed)
 	_, _, err = run(t, cmdDelegationList, "delegation list", "--db", crashed)
 	if !errors.Is(err, storage.ErrNotClosedCleanly) || !strings.Contains(err.Error(), "stop it with SIGTERM") {
 		t.Fatalf("list --db of a crashed database: %v", err)
 	}
-	sameDirState(t, before, dirState(t, crashed))
+	sameDirState(t, before, dirstate.Of(t, crashed))
 }
 
 func TestExportAndVerifyRefuseBadFlags(t *testing.T) {

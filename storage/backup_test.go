@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/asap-sidecar/asap-sidecar/internal/dirstate"
 )
 
 func backupOf(t *testing.T, db *DB) ([]byte, BackupInfo) {
@@ -185,14 +187,14 @@ func TestBackupOfReadOnlyDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	before := fileState(t, dir)
+	before := dirstate.Of(t, dir)
 	ro, err := Open(Options{Dir: dir, ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	file, _ := backupOf(t, ro)
 	ro.Close()
-	sameState(t, before, fileState(t, dir))
+	sameState(t, before, dirstate.Of(t, dir))
 	if _, err := CheckBackup(bytes.NewReader(file)); err != nil {
 		t.Fatal(err)
 	}

@@ -1,42 +1,15 @@
 package storage
 
 import (
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-)
 
-// fileState is what a read-only open must leave alone: every file's
-// name, size, modification time and content hash.
-func fileState(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	st := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		st[p] = fmt.Sprintf("%s %d %x", info.ModTime().Format(time.RFC3339Nano), info.Size(), sha256.Sum256(b))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
+	"github.com/asap-sidecar/asap-sidecar/internal/dirstate"
+)
 
 func sameState(t *testing.T, before, after map[string]string) {
 	t.Helper()
@@ -62,7 +35,7 @@ func TestReadOnlyOpenReadsAndChangesNoFile(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	before := fileState(t, dir)
+	before := dirstate.Of(t, dir)
 	if len(before) == 0 {
 		t.Fatal("the closed database has no files")
 	}
@@ -88,7 +61,7 @@ func TestReadOnlyOpenReadsAndChangesNoFile(t *testing.T) {
 	if err := errors.Join(ro.Close(), ro2.Close()); err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, fileState(t, dir))
+	sameState(t, before, dirstate.Of(t, dir))
 
 	// The write was refused, not lost later: the value is still v1.
 	db = openTest(t, dir)
@@ -138,12 +111,12 @@ func TestReadOnlyOpenAfterCrashNeedsRecovery(t *testing.T) {
 	}
 	db.Close()
 
-	before := fileState(t, crashed)
+	before := dirstate.Of(t, crashed)
 	_, err = Open(Options{Dir: crashed, ReadOnly: true})
 	if !errors.Is(err, ErrNotClosedCleanly) {
 		t.Fatalf("read-only open of a crashed database: %v, want ErrNotClosedCleanly", err)
 	}
-	sameState(t, before, fileState(t, crashed))
+	sameState(t, before, dirstate.Of(t, crashed))
 
 	rw := openTest(t, crashed)
 	if err := rw.Close(); err != nil {
