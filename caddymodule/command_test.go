@@ -546,7 +546,7 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	if _, out, err := run(t, cmdDelegationInspect, "delegation inspect", append(db, token, "--trust", trust)...); err != nil || !strings.Contains(out, "no link is revoked in "+s.dir) {
 		t.Fatalf("inspect --db: %v %s", err, out)
 	}
-	sameDirState(t, before, dirstate.Of(t, s.dir))
+	dirstate.Same(t, before, dirstate.Of(t, s.dir))
 
 	// revoke --db writes; inspect --db then sees it.
 	if code, err := cmdDelegationRevoke(cmdFlags(t, "delegation revoke", append(db, "del_other")...)); code == 0 || err == nil || !strings.Contains(err.Error(), "--force revokes it anyway") {
@@ -561,22 +561,6 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	}
 }
 
-func sameDirState(t testing.TB, before, after map[string]string) {
-	t.Helper()
-	if len(before) == 0 {
-		t.Fatal("no files to compare")
-	}
-	for p, s := range before {
-		if after[p] != s {
-			t.Errorf("%s changed", p)
-		}
-	}
-	for p := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s appeared", p)
-		}
-	}
-}
 
 // A database left by a crash is not recovered by a reading command: it
 // says what to do.
@@ -613,7 +597,7 @@ func TestReadingCommandsNameACrashedDatabase(t *testing.T) {
 	if !errors.Is(err, storage.ErrNotClosedCleanly) || !strings.Contains(err.Error(), "stop it with SIGTERM") {
 		t.Fatalf("list --db of a crashed database: %v", err)
 	}
-	sameDirState(t, before, dirstate.Of(t, crashed))
+	dirstate.Same(t, before, dirstate.Of(t, crashed))
 }
 
 func TestExportAndVerifyRefuseBadFlags(t *testing.T) {

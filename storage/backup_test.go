@@ -194,7 +194,7 @@ func TestBackupOfReadOnlyDatabase(t *testing.T) {
 	}
 	file, _ := backupOf(t, ro)
 	ro.Close()
-	sameState(t, before, dirstate.Of(t, dir))
+	dirstate.Same(t, before, dirstate.Of(t, dir))
 	if _, err := CheckBackup(bytes.NewReader(file)); err != nil {
 		t.Fatal(err)
 	}

@@ -11,19 +11,6 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/internal/dirstate"
 )
 
-func sameState(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for p, s := range before {
-		if after[p] != s {
-			t.Errorf("%s changed", p)
-		}
-	}
-	for p := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s appeared", p)
-		}
-	}
-}
 
 func TestReadOnlyOpenReadsAndChangesNoFile(t *testing.T) {
 	dir := t.TempDir()
@@ -61,7 +48,7 @@ func TestReadOnlyOpenReadsAndChangesNoFile(t *testing.T) {
 	if err := errors.Join(ro.Close(), ro2.Close()); err != nil {
 		t.Fatal(err)
 	}
-	sameState(t, before, dirstate.Of(t, dir))
+	dirstate.Same(t, before, dirstate.Of(t, dir))
 
 	// The write was refused, not lost later: the value is still v1.
 	db = openTest(t, dir)
@@ -116,7 +103,7 @@ func TestReadOnlyOpenAfterCrashNeedsRecovery(t *testing.T) {
 	if !errors.Is(err, ErrNotClosedCleanly) {
 		t.Fatalf("read-only open of a crashed database: %v, want ErrNotClosedCleanly", err)
 	}
-	sameState(t, before, dirstate.Of(t, crashed))
+	dirstate.Same(t, before, dirstate.Of(t, crashed))
 
 	rw := openTest(t, crashed)
 	if err := rw.Close(); err != nil {

@@ -37,3 +37,23 @@ func Of(t testing.TB, dir string) map[string]string {
 	}
 	return st
 }
+
+// Same fails t for every file of before that changed or is gone, and
+// every file that appeared; an empty before proves nothing, so it fails
+// too.
+func Same(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	if len(before) == 0 {
+		t.Fatal("no files to compare")
+	}
+	for p, s := range before {
+		if after[p] != s {
+			t.Errorf("%s changed", p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s appeared", p)
+		}
+	}
+}
