@@ -561,7 +561,6 @@ func TestCommandsOnRunningAndStoppedSidecar(t *testing.T) {
 	}
 }
 
-
 // A database left by a crash is not recovered by a reading command: it
 // says what to do.
 func TestReadingCommandsNameACrashedDatabase(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"github.com/asap-sidecar/asap-sidecar/internal/dirstate"
 )
 
-
 func TestReadOnlyOpenReadsAndChangesNoFile(t *testing.T) {
 	dir := t.TempDir()
 	db := openTest(t, dir)
