@@ -18,6 +18,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 )
 
 // versionRecorder is an agent stand-in that records the ASAP-Version
@@ -238,7 +239,7 @@ func TestVersionHeaderOnSidecarAnswers(t *testing.T) {
 		}
 	})
 	t.Run("agent unreachable", func(t *testing.T) {
-		s := startSidecar(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), "agent urn:asap:agent:demo")
+		s := startSidecar(t, fmt.Sprintf("127.0.0.1:%d", freeport.Port(t)), "agent urn:asap:agent:demo")
 		resp, b := postVersion(t, s.url+"/asap", rpc("r1", envelope("01JVERS0000000000000000004", "echo", `{}`)), []string{"2.1"})
 		if resp.StatusCode != http.StatusBadGateway {
 			t.Fatalf("unreachable agent: %d %s", resp.StatusCode, b)

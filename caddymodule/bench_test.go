@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/api"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -29,7 +30,7 @@ import (
 func BenchmarkRequestOverhead(b *testing.B) {
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
-	ports := []int{freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b), freePort(b)}
+	ports := freeport.Ports(b, 7)
 	dir := b.TempDir()
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -166,7 +167,7 @@ func BenchmarkRequestWithStuckWebhook(b *testing.B) {
 	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang }))
 	defer receiver.Close()
 	defer close(hang)
-	ports := []int{freePort(b), freePort(b), freePort(b)}
+	ports := freeport.Ports(b, 3)
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	log {

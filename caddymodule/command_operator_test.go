@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 )
 
 // withStderr captures what commands write beside their result.
@@ -125,7 +127,7 @@ func TestDelegationCommandsShowWhatAnOperatorNeeds(t *testing.T) {
 // An admin API nobody answers on: the error says which address was
 // tried, where it came from, and which flags point elsewhere.
 func TestUnreachableAdminNamesTheFlags(t *testing.T) {
-	port := freePort(t)
+	port := freeport.Port(t)
 	cfg := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(cfg, []byte("{\n\tadmin 127.0.0.1:"+strconv.Itoa(port)+"\n}\n:8080 {\n\trespond ok\n}\n"), 0o600); err != nil {
 		t.Fatal(err)

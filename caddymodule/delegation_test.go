@@ -18,6 +18,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 )
 
 const requireOpts = "agent urn:asap:agent:demo\ndelegation require"
@@ -162,7 +163,7 @@ func TestMaxTasksExactUnderConcurrency(t *testing.T) {
 
 // A call the agent never answered does not use up a slot.
 func TestUnansweredCallGivesItsSlotBack(t *testing.T) {
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dead := fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	s := startSidecar(t, dead, requireOpts)
 	token := mintViaAdmin(t, s, `{"delegate":"urn:asap:agent:client","scopes":["task.execute"],"max_tasks":1}`)
 	for i := 0; i < 3; i++ {

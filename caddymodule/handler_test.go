@@ -20,6 +20,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -400,7 +401,7 @@ func TestWebSocketEchoThroughSidecar(t *testing.T) {
 func TestUpstreamFaultsAnsweredWithJSONRPCErrors(t *testing.T) {
 	good := rpc("r1", envelope("01JREQ0000000000000000001", "echo", `{}`))
 	t.Run("unreachable", func(t *testing.T) {
-		dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		dead := fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 		s := startSidecar(t, dead, "agent urn:asap:agent:demo")
 		resp, b := post(t, s.url+"/asap", good)
 		a := decodeAnswer(t, b)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	_ "github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
@@ -28,16 +28,6 @@ import (
 // disk. Caddy's config is process-global, so they do not run in parallel.
 
 var caddyMu sync.Mutex
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // sidecar is a running Caddy config: the asap handler in front of an
 // upstream, plus the demo agent on its own port.
@@ -78,7 +68,7 @@ func newSidecar(t testing.TB, upstream, options, siteExtra string) *sidecar {
 	caddyMu.Lock()
 	t.Cleanup(caddyMu.Unlock)
 	s := &sidecar{t: t, dir: t.TempDir(), upstream: upstream, options: options, siteExtra: siteExtra}
-	s.ports = [3]int{freePort(t), freePort(t), freePort(t)}
+	copy(s.ports[:], freeport.Ports(t, 3))
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", s.ports[0])
 	s.agentURL = fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
 	s.adminAddr = fmt.Sprintf("127.0.0.1:%d", s.ports[2])
@@ -145,8 +135,12 @@ func (s *sidecar) load(options string) {
 		s.t.Fatalf("loading config: %v", err)
 	}
 	// Kept-alive connections to the old servers are being closed: a POST
-	// sent on one would be reset, and POSTs are not retried.
+	// sent on one would be reset, and POSTs are not retried. New
+	// connections wait for the old sockets to close (see WaitListeners).
 	client.CloseIdleConnections()
+	for _, port := range s.ports[:2] {
+		freeport.WaitListeners(s.t, port, 1)
+	}
 	s.options = options
 }
 

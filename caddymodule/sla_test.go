@@ -19,6 +19,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/sla"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 )
 
 // demoAgentServer runs the demo agent outside Caddy and returns its
@@ -225,7 +226,7 @@ func TestAvailabilityBreachFromHealthChecks(t *testing.T) {
 }
 
 func TestUnreachableAgentCountsAsDown(t *testing.T) {
-	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dead := fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
 	s := startSLASidecar(t, dead, fmt.Sprintf("agent urn:asap:agent:demo\nsla {\n\tavailability 99%%\n\thealth_interval 100ms\n\tmin_samples 3\n\thealth_url http://%s/.well-known/asap/health\n}", dead))
 	conn, ctx := subscribeWS(t, s)
 	n, _ := readNotification(t, ctx, conn, 10*time.Second)

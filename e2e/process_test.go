@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -26,6 +25,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/demoagent"
+	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
 )
 
 var binary string
@@ -54,16 +54,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // cli runs an asap-caddy command and returns its combined output.
@@ -165,9 +155,10 @@ func newSidecar(t testing.TB, upstream, options string) *sidecar {
 	t.Helper()
 	root := t.TempDir()
 	s := &sidecar{t: t, dir: filepath.Join(root, "data"), file: filepath.Join(root, "Caddyfile"), up: upstream}
-	s.port = freePort(t)
+	ports := freeport.Ports(t, 2)
+	s.port = ports[0]
 	s.url = fmt.Sprintf("http://127.0.0.1:%d", s.port)
-	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.admin = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	s.writeConfig(options)
 	s.start()
 	t.Cleanup(func() { s.stop(syscall.SIGKILL) })
