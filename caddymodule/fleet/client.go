@@ -1,0 +1,143 @@
+// Package fleet connects sidecars through NATS JetStream (SPEC §12): a
+// revocation made at one sidecar reaches every other, replicas of one
+// agent share max_tasks counts, and records leave each sidecar through an
+// outbox written in the task's own transaction. It knows nothing of
+// Caddy; the caddymodule glue gives it a database and a ledger.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Names of the JetStream streams, subjects and buckets the fleet uses.
+// They are part of the wire contract between sidecars of one fleet.
+const (
+	RevocationStream  = "ASAP_REVOCATIONS"
+	RevocationSubject = "asap.revocations"
+	LimitsBucket      = "asap_limits"
+)
+
+// Options says how to reach the fleet's NATS.
+type Options struct {
+	// URL is one NATS URL or a comma-separated list of a cluster's.
+	URL string
+	// Credentials is a NATS .creds file (JWT and NKey seed); empty for
+	// none.
+	Credentials string
+	// Name is this sidecar's name in NATS connection listings.
+	Name string
+	// Logger receives connection events.
+	Logger *zap.Logger
+}
+
+// Client is one connection to the fleet's NATS, shared by everything a
+// sidecar does in the fleet. It connects in the background: a sidecar
+// starts (and serves tokens without limits) while NATS is down.
+type Client struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	logger *zap.Logger
+
+	mu      sync.Mutex
+	ready   bool // streams and buckets exist
+	limits  jetstream.KeyValue
+	seen    lastSeen
+	timeout time.Duration
+}
+
+// ErrUnavailable wraps every failure to reach the fleet's NATS.
+var ErrUnavailable = errors.New("fleet: NATS unavailable")
+
+// Connect starts connecting to NATS and returns at once; operations fail
+// with ErrUnavailable until the connection is up.
+func Connect(o Options) (*Client, error) {
+	if o.URL == "" {
+		return nil, errors.New("fleet: no NATS URL; set nats in the fleet block")
+	}
+	logger := o.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectBufSize(-1), // publishes while down fail at once; the outbox keeps them
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("fleet: NATS connection lost; limited tokens follow on_unreachable, records wait in the outbox", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("fleet: NATS connection back", zap.String("server", nc.ConnectedUrlRedacted()))
+		}),
+	}
+	if o.Credentials != "" {
+		opts = append(opts, nats.UserCredentials(o.Credentials))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: connecting to %s: %w", o.URL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	return &Client{nc: nc, js: js, logger: logger, timeout: 2 * time.Second}, nil
+}
+
+// Close drops the connection.
+func (c *Client) Close() {
+	c.nc.Close()
+}
+
+// Connected says whether NATS is reachable right now.
+func (c *Client) Connected() bool { return c.nc.IsConnected() }
+
+// setup creates the streams and buckets the fleet uses, once; it is
+// retried by every operation until it succeeds, so a fleet whose NATS
+// starts after the sidecars needs nothing more.
+func (c *Client) setup(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready {
+		return nil
+	}
+	if !c.nc.IsConnected() {
+		return fmt.Errorf("%w: not connected to %s", ErrUnavailable, c.nc.Opts.Url)
+	}
+	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        RevocationStream,
+		Description: "asap-sidecar revocations: every sidecar applies every one",
+		Subjects:    []string{RevocationSubject},
+		Storage:     jetstream.FileStorage,
+		Duplicates:  10 * time.Minute,
+	}); err != nil {
+		return fmt.Errorf("%w: creating stream %s: %v", ErrUnavailable, RevocationStream, err)
+	}
+	kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      LimitsBucket,
+		Description: "asap-sidecar max_tasks counts shared by replicas, by token hash",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: creating bucket %s: %v", ErrUnavailable, LimitsBucket, err)
+	}
+	c.limits = kv
+	c.ready = true
+	return nil
+}
+
+// opContext bounds one NATS operation.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.timeout)
+}
