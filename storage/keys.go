@@ -24,6 +24,7 @@ const (
 	SpaceSLA       Space = 's' // SLA buckets, snapshots, breaches
 	SpaceAudit     Space = 'a' // audit entries, tree state, head
 	SpaceMeta      Space = 'm' // schema version and process facts
+	SpaceOutbox    Space = 'o' // fleet mode: messages waiting to be published, by sequence
 )
 
 // sep separates variable-length key parts. Parts must not contain it; the
