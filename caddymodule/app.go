@@ -80,6 +80,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 type Store struct {
 	dir    string
 	flush  time.Duration
+	fleet  *config.Fleet // the first handler's with a fleet block
 	ready  chan struct{}
 	err    error
 	opened *database // set before ready is closed
@@ -101,6 +102,8 @@ type database struct {
 	agentKey ed25519.PrivateKey
 	// openedAt is when the process opened the database.
 	openedAt time.Time
+	// fleet is the database's fleet membership; nil outside fleet mode.
+	fleet *fleetLink
 }
 
 // ErrStoreUnavailable is returned by Wait when the database did not open.
@@ -148,13 +151,16 @@ func (s *Store) Opened() *database {
 func (s *Store) Dir() string { return s.dir }
 
 // store returns the shared reference for dir, registering it for Start.
-func (a *App) store(dir string, flush time.Duration) *Store {
+func (a *App) store(dir string, flush time.Duration, fleet *config.Fleet) *Store {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if s, ok := a.stores[dir]; ok {
+		if s.fleet == nil {
+			s.fleet = fleet
+		}
 		return s
 	}
-	s := &Store{dir: dir, flush: flush, ready: make(chan struct{})}
+	s := &Store{dir: dir, flush: flush, fleet: fleet, ready: make(chan struct{})}
 	a.stores[dir] = s
 	return s
 }
@@ -162,7 +168,7 @@ func (a *App) store(dir string, flush time.Duration) *Store {
 // agent creates the runtime of the agent a handler protects, with the
 // database reference it uses; the app runs its loops from Start.
 func (a *App) agent(opts config.Options, logger *zap.Logger) (*agentRuntime, error) {
-	rt, err := newAgentRuntime(opts, a.store(opts.Storage, opts.FlushInterval.Std()), logger)
+	rt, err := newAgentRuntime(opts, a.store(opts.Storage, opts.FlushInterval.Std(), opts.Fleet), logger)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +182,12 @@ type openDB struct{ *database }
 
 // Destruct closes the database once the last config using it is gone,
 // after the SLA trackers have stored what they hold.
-func (o openDB) Destruct() error { return errors.Join(o.slas.closeAll(), o.db.Close()) }
+func (o openDB) Destruct() error {
+	if o.fleet != nil {
+		o.fleet.stop()
+	}
+	return errors.Join(o.slas.closeAll(), o.db.Close())
+}
 
 // openDatabase opens dir's database and what goes with it. keyless says
 // some handler on it has no key option and so signs with the generated
@@ -239,6 +250,12 @@ func (a *App) Start() error {
 			if err != nil {
 				return nil, err
 			}
+			if s.fleet != nil {
+				if d.fleet, err = startFleet(d, *s.fleet, a.logger); err != nil {
+					d.db.Close()
+					return nil, err
+				}
+			}
 			return openDB{d}, nil
 		})
 		if err != nil {
@@ -247,6 +264,9 @@ func (a *App) Start() error {
 		}
 		a.opened = append(a.opened, dir)
 		s.opened = val.(openDB).database
+		if loaded && (s.fleet == nil) != (s.opened.fleet == nil) {
+			a.logger.Warn("fleet block added or removed on reload: the open database keeps its fleet membership until the sidecar restarts", zap.String("dir", dir))
+		}
 		close(s.ready)
 		a.logger.Info("storage ready", zap.String("dir", dir), zap.Bool("shared_with_previous_config", loaded))
 	}

@@ -177,6 +177,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			o.ASAPVersions = append(o.ASAPVersions, vs...)
 		case "default_asap_version":
 			err = oneArg(d, &o.DefaultASAPVersion)
+		case "fleet":
+			if d.NextArg() {
+				return d.Errf("fleet takes a block, not %q", d.Val())
+			}
+			if o.Fleet == nil {
+				o.Fleet = new(config.Fleet)
+			}
+			if err := parseFleet(d, o.Fleet, at); err != nil {
+				return err // already names the fleet option
+			}
 		default:
 			return d.Errf("unknown asap option %q", opt)
 		}
@@ -268,6 +278,30 @@ func parseSLA(d *caddyfile.Dispenser, s *config.SLA, at positions) error {
 		}
 		if err != nil {
 			return d.Errf("asap option sla %s: %v", opt, err)
+		}
+	}
+	return nil
+}
+
+func parseFleet(d *caddyfile.Dispenser, f *config.Fleet, at positions) error {
+	for d.NextBlock(1) {
+		opt := d.Val()
+		at.note("fleet "+opt, d)
+		var err error
+		switch opt {
+		case "nats":
+			err = oneArg(d, &f.NATS)
+		case "credentials":
+			err = oneArg(d, &f.Credentials)
+		case "name":
+			err = oneArg(d, &f.Name)
+		case "on_unreachable":
+			err = oneArg(d, &f.OnUnreachable)
+		default:
+			return d.Errf("unknown asap fleet option %q; use nats, credentials, name or on_unreachable", opt)
+		}
+		if err != nil {
+			return d.Errf("asap option fleet %s: %v", opt, err)
 		}
 	}
 	return nil

@@ -96,6 +96,11 @@ func (s delegationService) Revoke(ctx context.Context, id string, force bool) er
 		}
 	}
 	revoked := func(tx *storage.Tx, r *delegation.Revocation) error {
+		if db.fleet != nil {
+			if err := db.fleet.publishRevocation(tx, r); err != nil {
+				return err
+			}
+		}
 		if !rt.audit {
 			return nil
 		}
@@ -103,6 +108,9 @@ func (s delegationService) Revoke(ctx context.Context, id string, force bool) er
 			Details: revocationDetails(r)})
 	}
 	_, err := db.ledger.Revoke(ctx, id, time.Now(), revoked)
+	if err == nil && db.fleet != nil {
+		db.fleet.outbox.Notify()
+	}
 	return err
 }
 

@@ -165,7 +165,41 @@ type Options struct {
 	// ASAP-Version header (default 2.2, the reference's); it must be one of
 	// ASAPVersions. Caddyfile: default_asap_version <version>.
 	DefaultASAPVersion string `json:"default_asap_version,omitempty"`
+	// Fleet joins this sidecar to a fleet through NATS JetStream (SPEC
+	// §12): revocations made anywhere apply here, max_tasks counts are
+	// shared with the replicas of the agent, and records leave through an
+	// outbox. Nil: a sidecar on its own, no NATS needed. Like
+	// flush_interval it belongs to the database: handlers sharing a
+	// storage directory use the first one's, and a reload keeps the open
+	// database's. Caddyfile: fleet { ... }.
+	Fleet *Fleet `json:"fleet,omitempty"`
 }
+
+// Fleet says how a sidecar reaches its fleet.
+type Fleet struct {
+	// NATS is the URL of the fleet's NATS server (nats://, tls://), or
+	// a comma-separated list of a cluster's. Required. Caddyfile: nats
+	// <url>.
+	NATS string `json:"nats"`
+	// Credentials is a NATS credentials file (.creds: a user JWT and its
+	// NKey seed). Default: none. Caddyfile: credentials <file>.
+	Credentials string `json:"credentials,omitempty"`
+	// Name is how this sidecar shows in NATS and in the collector.
+	// Default: the host name. Caddyfile: name <name>.
+	Name string `json:"name,omitempty"`
+	// OnUnreachable is what a token with max_tasks meets while NATS
+	// cannot be reached: reject (the call is refused with -32004,
+	// fleet_unavailable, and can be retried) or local (counted by this
+	// sidecar alone, so replicas together may allow more). Default:
+	// reject. Caddyfile: on_unreachable reject|local.
+	OnUnreachable string `json:"on_unreachable,omitempty"`
+}
+
+// What a limited token meets while the fleet's NATS is unreachable.
+const (
+	FleetReject = "reject"
+	FleetLocal  = "local"
+)
 
 // Trust is one trusted delegation issuer (Caddyfile: trust <urn> <file>).
 type Trust struct {
@@ -229,6 +263,9 @@ type Alert struct {
 // zeros where they mean nothing). Storage is left to the caller, which
 // knows Caddy's data directory.
 func (o *Options) ApplyDefaults() {
+	if o.Fleet != nil && o.Fleet.OnUnreachable == "" {
+		o.Fleet.OnUnreachable = FleetReject
+	}
 	if o.Delegation == "" {
 		o.Delegation = DefaultDelegation
 	}
@@ -291,6 +328,25 @@ func (o *Options) Validate() error {
 	var errs []error
 	bad := func(opt, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("asap: option %s: %s", opt, fmt.Sprintf(format, a...)))
+	}
+	if f := o.Fleet; f != nil {
+		if f.NATS == "" {
+			bad("fleet nats", "required in a fleet block: the URL of the fleet's NATS (nats://host:4222)")
+		}
+		for _, u := range strings.Split(f.NATS, ",") {
+			if u = strings.TrimSpace(u); u == "" {
+				continue
+			}
+			p, err := url.Parse(u)
+			if err != nil || p.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, p.Scheme) {
+				bad("fleet nats", "%q is not a NATS URL; use nats://host:port (or tls://, ws://, wss://)", u)
+			}
+		}
+		switch f.OnUnreachable {
+		case "", FleetReject, FleetLocal:
+		default:
+			bad("fleet on_unreachable", "%q is not a choice; use reject or local", f.OnUnreachable)
+		}
 	}
 	if o.Agent != "" && !agentURN.MatchString(o.Agent) {
 		bad("agent", "%q is not an agent URN (urn:asap:agent:name)", o.Agent)
@@ -393,6 +449,25 @@ func (o *Options) validateVersions() []error {
 	var errs []error
 	bad := func(opt, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("asap: option %s: %s", opt, fmt.Sprintf(format, a...)))
+	}
+	if f := o.Fleet; f != nil {
+		if f.NATS == "" {
+			bad("fleet nats", "required in a fleet block: the URL of the fleet's NATS (nats://host:4222)")
+		}
+		for _, u := range strings.Split(f.NATS, ",") {
+			if u = strings.TrimSpace(u); u == "" {
+				continue
+			}
+			p, err := url.Parse(u)
+			if err != nil || p.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, p.Scheme) {
+				bad("fleet nats", "%q is not a NATS URL; use nats://host:port (or tls://, ws://, wss://)", u)
+			}
+		}
+		switch f.OnUnreachable {
+		case "", FleetReject, FleetLocal:
+		default:
+			bad("fleet on_unreachable", "%q is not a choice; use reject or local", f.OnUnreachable)
+		}
 	}
 	v := o.Versions()
 	if o.ASAPVersions != nil && len(o.ASAPVersions) == 0 {

@@ -1,0 +1,156 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"go.uber.org/zap"
+
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/fleet"
+	"github.com/asap-sidecar/asap-sidecar/config"
+	"github.com/asap-sidecar/asap-sidecar/storage"
+)
+
+// fleetLink is one database's membership in a fleet (SPEC §12): its NATS
+// connection, its outbox and its revocation follower. It lives as long as
+// the database, so a reload keeps the connection and the follower's place.
+type fleetLink struct {
+	client *fleet.Client
+	outbox *fleet.Outbox
+	// origin is this database's id in the fleet, generated once and kept
+	// in it: revocations it published come back and are skipped by it.
+	origin string
+	name   string
+	opts   config.Fleet
+	logger *zap.Logger
+	cancel context.CancelFunc
+	loops  sync.WaitGroup
+}
+
+var (
+	fleetOriginKey  = storage.SpaceMeta.KeyString("fleet", "origin")
+	fleetAppliedKey = storage.SpaceMeta.KeyString("fleet", "revocations_applied")
+)
+
+// startFleet joins d to the fleet opts names. NATS need not be up: the
+// client connects in the background.
+func startFleet(d *database, opts config.Fleet, logger *zap.Logger) (*fleetLink, error) {
+	logger = logger.Named("fleet")
+	origin, applied, err := fleetState(d.db)
+	if err != nil {
+		return nil, err
+	}
+	name := opts.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	client, err := fleet.Connect(fleet.Options{URL: opts.NATS, Credentials: opts.Credentials, Name: "asap-sidecar " + name, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	outbox, err := fleet.OpenOutbox(d.db, logger)
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &fleetLink{client: client, outbox: outbox, origin: origin, name: name, opts: opts, logger: logger, cancel: cancel}
+	f.loops.Add(2)
+	go func() {
+		defer f.loops.Done()
+		outbox.Run(ctx, client)
+	}()
+	go func() {
+		defer f.loops.Done()
+		client.FollowRevocations(ctx, applied, func(ctx context.Context, r fleet.Revocation, seq uint64) error {
+			return f.apply(ctx, d, r, seq)
+		})
+	}()
+	logger.Info("joined the fleet", zap.String("nats", opts.NATS), zap.String("name", name), zap.String("origin", origin),
+		zap.Uint64("revocations_applied", applied), zap.Int64("outbox_backlog", outbox.Backlog()))
+	return f, nil
+}
+
+// fleetState reads this database's fleet id (making one the first time)
+// and the last revocation sequence it applied.
+func fleetState(db *storage.DB) (origin string, applied uint64, err error) {
+	err = db.View(func(r *storage.Reader) error {
+		if b, err := r.Get(fleetOriginKey); err == nil {
+			origin = string(b)
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		b, err := r.Get(fleetAppliedKey)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+		case err != nil:
+			return err
+		default:
+			applied, err = storage.DecodeUint64(b)
+		}
+		return err
+	})
+	if err != nil || origin != "" {
+		return origin, applied, err
+	}
+	origin = ulid.Make().String()
+	err = db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error {
+		tx.Set(fleetOriginKey, []byte(origin))
+		return nil
+	})
+	return origin, applied, err
+}
+
+// stop ends the loops and the connection; messages not yet published stay
+// in the outbox for the next start.
+func (f *fleetLink) stop() {
+	f.cancel()
+	f.loops.Wait()
+	f.client.Close()
+}
+
+// apply applies a revocation from the stream to d's ledger, recording seq
+// in the same transaction. Its own revocations (already applied when they
+// were made) and unreadable messages only advance seq.
+func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, seq uint64) error {
+	record := func(tx *storage.Tx, _ *delegation.Revocation) error {
+		tx.Set(fleetAppliedKey, storage.EncodeUint64(seq))
+		return nil
+	}
+	if r.JTI == "" || r.Origin == f.origin {
+		return d.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return record(tx, nil) })
+	}
+	at := r.RevokedAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	var err error
+	if r.Issuer == "" {
+		_, err = d.ledger.Revoke(ctx, r.JTI, at, record)
+	} else {
+		_, err = d.ledger.RevokeFrom(ctx, r.Issuer, r.JTI, at, record)
+	}
+	if err != nil {
+		return fmt.Errorf("revoking %s from %s: %w", r.JTI, r.Origin, err)
+	}
+	f.logger.Info("applied a fleet revocation", zap.String("jti", r.JTI), zap.String("issuer", r.Issuer),
+		zap.String("origin", r.Origin), zap.Uint64("seq", seq))
+	return nil
+}
+
+// publishRevocation stages r in the outbox inside the revocation's own
+// transaction: it reaches the fleet once NATS acknowledges it, however
+// long NATS is away.
+func (f *fleetLink) publishRevocation(tx *storage.Tx, r *delegation.Revocation) error {
+	m, err := fleet.Revocation{Issuer: r.Issuer, JTI: r.JTI, RevokedAt: r.At, Origin: f.origin}.Message()
+	if err != nil {
+		return err
+	}
+	return f.outbox.Stage(tx, m)
+}
