@@ -13,6 +13,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/fleet"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
 )
@@ -149,6 +150,16 @@ func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, 
 // long NATS is away.
 func (f *fleetLink) publishRevocation(tx *storage.Tx, r *delegation.Revocation) error {
 	m, err := fleet.Revocation{Issuer: r.Issuer, JTI: r.JTI, RevokedAt: r.At, Origin: f.origin}.Message()
+	if err != nil {
+		return err
+	}
+	return f.outbox.Stage(tx, m)
+}
+
+// publishUsage stages a metered task's usage for the collector, in the
+// task's own transaction.
+func (f *fleetLink) publishUsage(tx *storage.Tx, e *metering.Event, dedup string) error {
+	m, err := fleet.Usage{Origin: f.origin, Name: f.name, Event: *e, Dedup: dedup}.Message()
 	if err != nil {
 		return err
 	}

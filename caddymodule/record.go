@@ -208,6 +208,11 @@ func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *s
 			if ok && r.usage != nil {
 				trail = append(trail, *r.usage)
 			}
+			if ok && d.fleet != nil {
+				if err := d.fleet.publishUsage(tx, r.event, r.dedup); err != nil {
+					return err
+				}
+			}
 		}
 		if len(trail) > 0 {
 			if err := log.Stage(tx, now, trail...); err != nil {
@@ -223,6 +228,9 @@ func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *s
 		releaseIdentities(d, ids)
 		if err != nil {
 			return
+		}
+		if d.fleet != nil {
+			d.fleet.outbox.Notify()
 		}
 		for i := range recs {
 			if recorded[i] {

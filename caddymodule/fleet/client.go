@@ -123,6 +123,15 @@ func (c *Client) setup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("%w: creating stream %s: %v", ErrUnavailable, RevocationStream, err)
 	}
+	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        UsageStream,
+		Description: "asap-sidecar usage events of every sidecar, for the collector",
+		Subjects:    []string{UsageSubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Duplicates:  10 * time.Minute,
+	}); err != nil {
+		return fmt.Errorf("%w: creating stream %s: %v", ErrUnavailable, UsageStream, err)
+	}
 	kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      LimitsBucket,
 		Description: "asap-sidecar max_tasks counts shared by replicas, by token hash",
