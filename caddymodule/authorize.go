@@ -9,6 +9,7 @@ import (
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/fleet"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/config"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -67,6 +68,15 @@ func (rt *agentRuntime) verifierFor(d *database) *delegation.Verifier {
 type grant struct {
 	chain       *delegation.Chain
 	reservation *delegation.Reservation
+	// slots are the call's fleet-wide max_tasks counts (fleet mode).
+	slots []*fleet.Slot
+}
+
+// release gives back the call's slots, here and in the fleet: the agent
+// never answered, or the call was refused after authorization.
+func (g grant) release() {
+	g.reservation.Release()
+	releaseSlots(g.slots)
 }
 
 // authorize applies the delegation policy to every call of req: rejected
@@ -102,8 +112,12 @@ func (h *Handler) authorize(r *http.Request, d *database, req *protocol.Request)
 		if callRej == nil {
 			var res *delegation.Reservation
 			if res, callRej = d.ledger.Reserve(chain, now); callRej == nil {
-				grants[i] = grant{chain: chain, reservation: res}
-				continue
+				var slots []*fleet.Slot
+				if slots, callRej = h.takeFleetSlots(r.Context(), d, chain); callRej == nil {
+					grants[i] = grant{chain: chain, reservation: res, slots: slots}
+					continue
+				}
+				res.Release()
 			}
 		}
 		c.Err = delegationError(callRej).WithID(c.ID)
@@ -197,6 +211,6 @@ func delegationError(r *delegation.Rejection) *protocol.Error {
 // answered.
 func releaseUnanswered(grants []grant) {
 	for _, g := range grants {
-		g.reservation.Release()
+		g.release()
 	}
 }

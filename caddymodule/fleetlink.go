@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -32,6 +33,8 @@ type fleetLink struct {
 	logger *zap.Logger
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
+	// lastLocalWarn rate-limits the on_unreachable local warning.
+	lastLocalWarn atomic.Int64
 }
 
 var (
@@ -90,11 +93,11 @@ func fleetState(db *storage.DB) (origin string, applied uint64, err error) {
 		b, err := r.Get(fleetAppliedKey)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
+			return nil
 		case err != nil:
 			return err
-		default:
-			applied, err = storage.DecodeUint64(b)
 		}
+		applied, err = storage.DecodeUint64(b)
 		return err
 	})
 	if err != nil || origin != "" {
@@ -164,4 +167,65 @@ func (f *fleetLink) publishUsage(tx *storage.Tx, e *metering.Event, dedup string
 		return err
 	}
 	return f.outbox.Stage(tx, m)
+}
+
+// takeFleetSlots counts the call against the max_tasks of every limited
+// link of chain across the fleet, all or none. Chains without a limit, and
+// sidecars outside fleet mode, never reach NATS here. While NATS is
+// unreachable, limited tokens are refused (on_unreachable reject) or
+// counted here alone (local).
+func (h *Handler) takeFleetSlots(ctx context.Context, d *database, chain *delegation.Chain) ([]*fleet.Slot, *delegation.Rejection) {
+	f := d.fleet
+	if f == nil {
+		return nil, nil
+	}
+	var slots []*fleet.Slot
+	for _, link := range chain.Links {
+		max := link.MaxTasks()
+		if max < 0 {
+			continue
+		}
+		slot, err := f.client.Take(ctx, link.Hash, max)
+		if err == nil {
+			slots = append(slots, slot)
+			continue
+		}
+		if errors.Is(err, fleet.ErrSpent) {
+			releaseSlots(slots)
+			return nil, &delegation.Rejection{Class: delegation.ClassLimit, Reason: "max_tasks_reached", JTI: link.Claims.ID,
+				Detail: fmt.Sprintf("token %s allows %d tasks and all are used across the fleet", link.Claims.ID, max)}
+		}
+		if f.opts.OnUnreachable == config.FleetLocal {
+			f.warnLocal(err)
+			continue // counted by this sidecar's ledger alone
+		}
+		releaseSlots(slots)
+		return nil, &delegation.Rejection{Class: delegation.ClassLimit, Reason: "fleet_unavailable", JTI: link.Claims.ID,
+			Detail: "token " + link.Claims.ID + " has max_tasks, counted across the fleet, and the fleet's NATS cannot be reached; retry later"}
+	}
+	return slots, nil
+}
+
+// warnLocal logs, at most once a minute, that limits are counted locally.
+func (f *fleetLink) warnLocal(err error) {
+	now := time.Now().UnixNano()
+	last := f.lastLocalWarn.Load()
+	if now-last < int64(time.Minute) || !f.lastLocalWarn.CompareAndSwap(last, now) {
+		return
+	}
+	f.logger.Warn("fleet NATS unreachable: max_tasks counted by this sidecar alone (on_unreachable local)", zap.Error(err))
+}
+
+// releaseSlots gives fleet slots back without holding up the answer.
+func releaseSlots(slots []*fleet.Slot) {
+	if len(slots) == 0 {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, s := range slots {
+			_ = s.Release(ctx) // unreachable: the slot stays counted, which errs on the safe side
+		}
+	}()
 }

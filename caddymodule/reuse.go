@@ -106,7 +106,7 @@ func (h *Handler) refuseReusedIDs(d *database, req *protocol.Request, grants []g
 		if reused {
 			c.Err = protocol.NewError(protocol.CodeInvalidRequest, "envelope_id_reused",
 				"envelope id "+env.ID+" was already used by this sender for a different call; give every new call a new envelope id (a retry must resend the same envelope)").WithID(c.ID)
-			grants[i].reservation.Release()
+			grants[i].release()
 			grants[i] = grant{}
 			continue
 		}

@@ -188,10 +188,10 @@ type Fleet struct {
 	// Default: the host name. Caddyfile: name <name>.
 	Name string `json:"name,omitempty"`
 	// OnUnreachable is what a token with max_tasks meets while NATS
-	// cannot be reached: reject (the call is refused with -32004,
-	// fleet_unavailable, and can be retried) or local (counted by this
-	// sidecar alone, so replicas together may allow more). Default:
-	// reject. Caddyfile: on_unreachable reject|local.
+	// cannot be reached: reject (the call is refused, code -32059 with
+	// data.reason fleet_unavailable, and can be retried) or local
+	// (counted by this sidecar alone, so replicas together may allow
+	// more). Default: reject. Caddyfile: on_unreachable reject|local.
 	OnUnreachable string `json:"on_unreachable,omitempty"`
 }
 
