@@ -158,13 +158,18 @@ func (a *NATSServerApp) ClientURL() string {
 // and store shares the one running.
 func (a *NATSServerApp) Start() error {
 	key := a.Listen + "|" + a.Store
-	_, loaded, err := natsServers.LoadOrNew(key, func() (caddy.Destructor, error) {
+	val, loaded, err := natsServers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return startNATSServer(a)
 	})
 	if err != nil {
 		return err
 	}
 	a.key = key
+	if r := val.(*runningNATS); loaded && (r.name != a.Name || r.maxStore != a.MaxStore) {
+		// Restarting would drop every client; say what still applies.
+		a.logger.Warn("nats_server name and max_store changes apply when the server starts anew (stop and start Caddy); the running server keeps its own",
+			zap.String("running_name", r.name), zap.Int64("running_max_store", int64(r.maxStore)))
+	}
 	a.logger.Info("nats server ready", zap.String("listen", a.Listen), zap.String("store", a.Store),
 		zap.String("client_url", a.ClientURL()), zap.Bool("shared_with_previous_config", loaded))
 	return nil
@@ -193,6 +198,9 @@ func (a *NATSServerApp) Cleanup() error {
 type runningNATS struct {
 	srv   *server.Server
 	store string
+	// name and maxStore are what it was started with.
+	name     string
+	maxStore config.Size
 }
 
 // Destruct shuts the server down and waits until it has (JetStream
@@ -249,7 +257,7 @@ func startNATSServer(a *NATSServerApp) (*runningNATS, error) {
 		return nil, fmt.Errorf("nats_server: the server on %s did not accept connections within %s; see the log above", a.Listen, natsReadyTimeout)
 	}
 	natsStores.listen[a.Store] = a.Listen
-	return &runningNATS{srv: srv, store: a.Store}, nil
+	return &runningNATS{srv: srv, store: a.Store, name: a.Name, maxStore: a.MaxStore}, nil
 }
 
 // natsLogger routes the NATS server's log to Caddy's. Fatal errors are
