@@ -105,10 +105,10 @@ func TestCaddyfileAdaptGolden(t *testing.T) {
 	}
 }
 
-// checkJSONConfigRoundTrip loads each of our handlers in the expected JSON
-// the way Caddy loads a JSON config (unknown fields refused) and marshals
-// it back: the golden JSON is valid JSON config, and what the adapter
-// writes reads back unchanged.
+// checkJSONConfigRoundTrip loads each of our handlers and apps in the
+// expected JSON the way Caddy loads a JSON config (unknown fields
+// refused) and marshals it back: the golden JSON is valid JSON config,
+// and what the adapter writes reads back unchanged.
 func checkJSONConfigRoundTrip(t *testing.T, expected string) {
 	t.Helper()
 	var root any
@@ -116,13 +116,41 @@ func checkJSONConfigRoundTrip(t *testing.T, expected string) {
 		t.Fatalf("expected JSON does not parse: %v", err)
 	}
 	seen := 0
-	walkJSONObjects(root, func(obj map[string]any) {
-		name, _ := obj["handler"].(string)
-		info, err := caddy.GetModule("http.handlers." + name)
+	check := func(id string, cfg map[string]any) {
+		info, err := caddy.GetModule(id)
 		if err != nil || !ourModule(info.New()) {
 			return
 		}
 		seen++
+		raw, _ := json.Marshal(cfg)
+		mod := info.New()
+		if err := caddy.StrictUnmarshalJSON(raw, mod); err != nil {
+			t.Errorf("%s: the JSON does not load as config: %v\n%s", id, err, raw)
+			return
+		}
+		back, err := json.Marshal(mod)
+		if err != nil {
+			t.Errorf("%s: marshalling back: %v", id, err)
+			return
+		}
+		var got map[string]any
+		_ = json.Unmarshal(back, &got)
+		if !reflect.DeepEqual(got, cfg) {
+			t.Errorf("%s: JSON config does not read back unchanged:\n in: %s\nout: %s", id, raw, back)
+		}
+	}
+	if apps, ok := root.(map[string]any)["apps"].(map[string]any); ok {
+		for name, v := range apps {
+			if cfg, ok := v.(map[string]any); ok {
+				check(name, cfg)
+			}
+		}
+	}
+	walkJSONObjects(root, func(obj map[string]any) {
+		name, ok := obj["handler"].(string)
+		if !ok {
+			return
+		}
 		// Caddy takes the module name out before decoding the rest.
 		cfg := map[string]any{}
 		for k, v := range obj {
@@ -130,22 +158,7 @@ func checkJSONConfigRoundTrip(t *testing.T, expected string) {
 				cfg[k] = v
 			}
 		}
-		raw, _ := json.Marshal(cfg)
-		mod := info.New()
-		if err := caddy.StrictUnmarshalJSON(raw, mod); err != nil {
-			t.Errorf("handler %s: the JSON does not load as config: %v\n%s", name, err, raw)
-			return
-		}
-		back, err := json.Marshal(mod)
-		if err != nil {
-			t.Errorf("handler %s: marshalling back: %v", name, err)
-			return
-		}
-		var got map[string]any
-		_ = json.Unmarshal(back, &got)
-		if !reflect.DeepEqual(got, cfg) {
-			t.Errorf("handler %s: JSON config does not read back unchanged:\n in: %s\nout: %s", name, raw, back)
-		}
+		check("http.handlers."+name, cfg)
 	})
 	if seen == 0 {
 		t.Errorf("no asap module in the expected JSON; a golden file here should pin one of ours")
