@@ -119,6 +119,8 @@ type AgentStatus struct {
 	// request, which shows the route to the agent).
 	LastHealth   *ProbeResult `json:"last_health"`
 	LastManifest *ProbeResult `json:"last_manifest"`
+	// Fleet is the storage's fleet membership; absent outside fleet mode.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
 }
 
 func serveStatus(w http.ResponseWriter, r *http.Request) error {
@@ -152,6 +154,9 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err, Message: "storage not available"}
 		}
 		as.StorageOpenedAt = wire.Time(d.openedAt)
+		if d.fleet != nil {
+			as.Fleet = d.fleet.status()
+		}
 		if as.AuditEntries, _, err = d.audit.Size(); err != nil {
 			return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err, Message: fmt.Sprintf("reading the audit log: %v", err)}
 		}

@@ -297,8 +297,13 @@ func parseFleet(d *caddyfile.Dispenser, f *config.Fleet, at positions) error {
 			err = oneArg(d, &f.Name)
 		case "on_unreachable":
 			err = oneArg(d, &f.OnUnreachable)
+		case "max_backlog":
+			var n int
+			if err = intArg(d, &n); err == nil {
+				f.MaxBacklog = int64(n)
+			}
 		default:
-			return d.Errf("unknown asap fleet option %q; use nats, credentials, name or on_unreachable", opt)
+			return d.Errf("unknown asap fleet option %q; use nats, credentials, name, on_unreachable or max_backlog", opt)
 		}
 		if err != nil {
 			return d.Errf("asap option fleet %s: %v", opt, err)

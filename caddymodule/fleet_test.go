@@ -333,3 +333,58 @@ func TestFleetOnUnreachableLocal(t *testing.T) {
 		}
 	}
 }
+
+// While NATS is down the outbox fills; at max_backlog calls are refused
+// (503, fleet_backlog_full) without reaching the agent, /asap/status and
+// the metrics show it, and once NATS is back it drains and calls run.
+func TestFleetBacklogIsBoundedAndVisible(t *testing.T) {
+	if underMutants {
+		t.Skip("1000 tasks to fill the outbox; the bound itself is unit-tested in package fleet")
+	}
+	nats := natstest.Start(t)
+	rig := startFleetRig(t, 1, nats, "delegation off", "max_backlog 1000")
+	nats.Stop()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < 1000; i += 8 {
+				if a := callWith(t, rig.sidecars[0], "", envelope(fmt.Sprintf("01JFLEETBL%018d", i), "echo", `{}`)); a.Result == nil {
+					t.Errorf("call %d: %+v", i, a.Error)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	resp, b := post(t, rig.sidecars[0]+"/asap", rpc("r", envelope("01JFLEETBL999999999999999999", "echo", `{}`)))
+	if a := decodeAnswer(t, b); resp.StatusCode != http.StatusServiceUnavailable || a.Error == nil || a.Error.Data["reason"] != "fleet_backlog_full" {
+		t.Fatalf("call with the outbox full: %d %s", resp.StatusCode, b)
+	}
+	var st Status
+	getJSON(t, "http://"+rig.admin+"/asap/status", &st)
+	if f := st.Agents[0].Fleet; f == nil || f.Connected || f.OutboxBacklog != 1000 || f.OutboxMax != 1000 || f.Name != "replica-0" {
+		t.Fatalf("fleet status %+v", f)
+	}
+	if st.Agents[0].Forwarded != 1000 {
+		t.Fatalf("forwarded %d, want 1000: the refused call reached the agent", st.Agents[0].Forwarded)
+	}
+	metrics := scrape(t, rig.admin)
+	dir := `{dir="` + rig.dirs[0] + `"}`
+	if metrics["asap_fleet_outbox_backlog"+dir] != 1000 || metrics["asap_fleet_outbox_max"+dir] != 1000 {
+		t.Errorf("outbox metrics: backlog %v, max %v", metrics["asap_fleet_outbox_backlog"+dir], metrics["asap_fleet_outbox_max"+dir])
+	}
+	if v, ok := metrics["asap_fleet_connected"+dir]; !ok || v != 0 {
+		t.Errorf("asap_fleet_connected %v (present %v), want 0", v, ok)
+	}
+	nats.Start()
+	waitFor(t, func() bool {
+		var st Status
+		getJSON(t, "http://"+rig.admin+"/asap/status", &st)
+		return st.Agents[0].Fleet.OutboxBacklog == 0 && st.Agents[0].Fleet.Connected
+	})
+	if a := callWith(t, rig.sidecars[0], "", envelope("01JFLEETBL999999999999999998", "echo", `{}`)); a.Result == nil {
+		t.Fatalf("call after the outbox drained: %+v", a.Error)
+	}
+}

@@ -35,6 +35,8 @@ type fleetLink struct {
 	loops  sync.WaitGroup
 	// lastLocalWarn rate-limits the on_unreachable local warning.
 	lastLocalWarn atomic.Int64
+	// applied is the last revocation sequence applied.
+	applied atomic.Uint64
 }
 
 var (
@@ -58,13 +60,14 @@ func startFleet(d *database, opts config.Fleet, logger *zap.Logger) (*fleetLink,
 	if err != nil {
 		return nil, err
 	}
-	outbox, err := fleet.OpenOutbox(d.db, logger)
+	outbox, err := fleet.OpenOutbox(d.db, opts.MaxBacklog, logger)
 	if err != nil {
 		client.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fleetLink{client: client, outbox: outbox, origin: origin, name: name, opts: opts, logger: logger, cancel: cancel}
+	f.applied.Store(applied)
 	f.loops.Add(2)
 	go func() {
 		defer f.loops.Done()
@@ -128,7 +131,11 @@ func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, 
 		return nil
 	}
 	if r.JTI == "" || r.Origin == f.origin {
-		return d.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return record(tx, nil) })
+		err := d.db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return record(tx, nil) })
+		if err == nil {
+			f.applied.Store(seq)
+		}
+		return err
 	}
 	at := r.RevokedAt
 	if at.IsZero() {
@@ -143,6 +150,7 @@ func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, 
 	if err != nil {
 		return fmt.Errorf("revoking %s from %s: %w", r.JTI, r.Origin, err)
 	}
+	f.applied.Store(seq)
 	f.logger.Info("applied a fleet revocation", zap.String("jti", r.JTI), zap.String("issuer", r.Issuer),
 		zap.String("origin", r.Origin), zap.Uint64("seq", seq))
 	return nil
@@ -229,3 +237,26 @@ func releaseSlots(slots []*fleet.Slot) {
 		}
 	}()
 }
+
+// FleetStatus is a database's fleet membership in GET /asap/status.
+type FleetStatus struct {
+	Name      string `json:"name"`
+	Origin    string `json:"origin"`
+	NATS      string `json:"nats"`
+	Connected bool   `json:"connected"`
+	// OutboxBacklog is how many messages wait for NATS; at
+	// OutboxMax calls are refused until it drains.
+	OutboxBacklog      int64  `json:"outbox_backlog"`
+	OutboxMax          int64  `json:"outbox_max"`
+	RevocationsApplied uint64 `json:"revocations_applied_seq"`
+	OnUnreachable      string `json:"on_unreachable"`
+}
+
+func (f *fleetLink) status() *FleetStatus {
+	return &FleetStatus{Name: f.name, Origin: f.origin, NATS: f.opts.NATS, Connected: f.client.Connected(),
+		OutboxBacklog: f.outbox.Backlog(), OutboxMax: f.outbox.Max(), RevocationsApplied: f.applied.Load(),
+		OnUnreachable: f.opts.OnUnreachable}
+}
+
+// errBacklogFull is why a call is refused while the outbox is full.
+var errBacklogFull = errors.New("the fleet outbox is full: NATS has been unreachable too long")

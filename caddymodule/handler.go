@@ -97,6 +97,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if err != nil {
 			return h.storageUnavailable(w, err, nil)
 		}
+		if db.fleet != nil && db.fleet.outbox.Full() {
+			return h.backlogFull(w, db, nil)
+		}
 		if h.Delegation != config.DelegationOff {
 			if rej := h.authorizeUpgrade(r, db); rej != nil {
 				return h.reject(w, http.StatusForbidden, delegationError(rej))
@@ -123,6 +126,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	db, err := h.rt.store.Wait(r.Context(), storeWait)
 	if err != nil {
 		return h.storageUnavailable(w, err, singleID(req))
+	}
+	if db.fleet != nil && db.fleet.outbox.Full() {
+		return h.backlogFull(w, db, singleID(req))
 	}
 
 	x := &exchange{req: req, db: db}
@@ -239,6 +245,16 @@ func (h *Handler) storageUnavailable(w http.ResponseWriter, err error, id json.R
 	h.logger.Error("storage unavailable", zap.String("dir", h.rt.store.Dir()), zap.Error(err))
 	return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "storage_unavailable",
 		"the sidecar's storage is not available; retry later").WithID(id).JSON())
+}
+
+// backlogFull refuses a call while the fleet outbox is at its bound: the
+// agent is not called, so nothing runs that could not be recorded.
+func (h *Handler) backlogFull(w http.ResponseWriter, d *database, id json.RawMessage) error {
+	h.logger.Warn("call refused: fleet outbox full", zap.String("dir", h.rt.store.Dir()),
+		zap.Int64("backlog", d.fleet.outbox.Backlog()), zap.Bool("nats_connected", d.fleet.client.Connected()), zap.Error(errBacklogFull))
+	w.Header().Set("Retry-After", "5")
+	return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "fleet_backlog_full",
+		"the sidecar cannot reach the fleet's NATS and its outbox is full; retry later").WithID(id).JSON())
 }
 
 // detachedLimit bounds how long a call goes on after its client left.

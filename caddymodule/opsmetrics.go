@@ -59,11 +59,17 @@ type storageCollector struct{}
 var (
 	storageSizeDesc  = prometheus.NewDesc("asap_storage_size_bytes", "Disk space the database takes, by directory and part: lsm (key tree and memtable logs) or vlog (value log).", []string{"dir", "kind"}, nil)
 	auditEntriesDesc = prometheus.NewDesc("asap_audit_entries", "Entries in the audit log, by storage directory.", []string{"dir"}, nil)
+	outboxDesc       = prometheus.NewDesc("asap_fleet_outbox_backlog", "Fleet mode: messages waiting in the outbox for NATS, by storage directory.", []string{"dir"}, nil)
+	outboxMaxDesc    = prometheus.NewDesc("asap_fleet_outbox_max", "Fleet mode: the outbox bound (max_backlog), at which calls are refused.", []string{"dir"}, nil)
+	fleetUpDesc      = prometheus.NewDesc("asap_fleet_connected", "Fleet mode: 1 while the fleet's NATS is reachable, else 0.", []string{"dir"}, nil)
 )
 
 func (storageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- storageSizeDesc
 	ch <- auditEntriesDesc
+	ch <- outboxDesc
+	ch <- outboxMaxDesc
+	ch <- fleetUpDesc
 }
 
 func (storageCollector) Collect(ch chan<- prometheus.Metric) {
@@ -75,6 +81,15 @@ func (storageCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if n, _, err := d.audit.Size(); err == nil {
 			ch <- prometheus.MustNewConstMetric(auditEntriesDesc, prometheus.GaugeValue, float64(n), dir)
+		}
+		if f := d.fleet; f != nil {
+			up := 0.0
+			if f.client.Connected() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(outboxDesc, prometheus.GaugeValue, float64(f.outbox.Backlog()), dir)
+			ch <- prometheus.MustNewConstMetric(outboxMaxDesc, prometheus.GaugeValue, float64(f.outbox.Max()), dir)
+			ch <- prometheus.MustNewConstMetric(fleetUpDesc, prometheus.GaugeValue, up, dir)
 		}
 		return true
 	})

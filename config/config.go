@@ -193,6 +193,13 @@ type Fleet struct {
 	// (counted by this sidecar alone, so replicas together may allow
 	// more). Default: reject. Caddyfile: on_unreachable reject|local.
 	OnUnreachable string `json:"on_unreachable,omitempty"`
+	// MaxBacklog is how many messages (usage events, revocations,
+	// checkpoints) may wait in the outbox while NATS is unreachable,
+	// 1000..100000000. At the bound, calls are answered 503
+	// (fleet_backlog_full) without reaching the agent until NATS takes
+	// some: no task runs unrecorded. Default: 1000000 (about 300 MB).
+	// Caddyfile: max_backlog <n>.
+	MaxBacklog int64 `json:"max_backlog,omitempty"`
 }
 
 // What a limited token meets while the fleet's NATS is unreachable.
@@ -342,6 +349,9 @@ func (o *Options) Validate() error {
 				bad("fleet nats", "%q is not a NATS URL; use nats://host:port (or tls://, ws://, wss://)", u)
 			}
 		}
+		if f.MaxBacklog != 0 && (f.MaxBacklog < 1000 || f.MaxBacklog > 100_000_000) {
+			bad("fleet max_backlog", "%d is out of range; use 1000..100000000 messages", f.MaxBacklog)
+		}
 		switch f.OnUnreachable {
 		case "", FleetReject, FleetLocal:
 		default:
@@ -462,6 +472,9 @@ func (o *Options) validateVersions() []error {
 			if err != nil || p.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, p.Scheme) {
 				bad("fleet nats", "%q is not a NATS URL; use nats://host:port (or tls://, ws://, wss://)", u)
 			}
+		}
+		if f.MaxBacklog != 0 && (f.MaxBacklog < 1000 || f.MaxBacklog > 100_000_000) {
+			bad("fleet max_backlog", "%d is out of range; use 1000..100000000 messages", f.MaxBacklog)
 		}
 		switch f.OnUnreachable {
 		case "", FleetReject, FleetLocal:

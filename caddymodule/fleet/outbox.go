@@ -38,7 +38,13 @@ type Outbox struct {
 	wake    chan struct{}
 	batch   int
 	retry   time.Duration
+	// max is the backlog at which Full says stop: a NATS outage must not
+	// fill the disk.
+	max int64
 }
+
+// DefaultMaxBacklog bounds an outbox: about 300 MB of usage messages.
+const DefaultMaxBacklog = 1_000_000
 
 func outboxKey(seq uint64) []byte {
 	var b [8]byte
@@ -46,12 +52,16 @@ func outboxKey(seq uint64) []byte {
 	return storage.SpaceOutbox.Key(b[:])
 }
 
-// OpenOutbox reads where db's outbox stands.
-func OpenOutbox(db *storage.DB, logger *zap.Logger) (*Outbox, error) {
+// OpenOutbox reads where db's outbox stands; it holds at most max
+// messages (DefaultMaxBacklog when 0).
+func OpenOutbox(db *storage.DB, max int64, logger *zap.Logger) (*Outbox, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	o := &Outbox{db: db, logger: logger, wake: make(chan struct{}, 1), batch: 256, retry: 250 * time.Millisecond}
+	if max <= 0 {
+		max = DefaultMaxBacklog
+	}
+	o := &Outbox{db: db, logger: logger, wake: make(chan struct{}, 1), batch: 256, retry: 250 * time.Millisecond, max: max}
 	var last uint64
 	var n int64
 	err := db.View(func(r *storage.Reader) error {
@@ -97,6 +107,13 @@ func (o *Outbox) Backlog() int64 {
 	}
 	return 0
 }
+
+// Full says the backlog reached its bound: new work that would add to it
+// should be refused until NATS takes some.
+func (o *Outbox) Full() bool { return o.backlog.Load() >= o.max }
+
+// Max is the bound of the backlog.
+func (o *Outbox) Max() int64 { return o.max }
 
 // Run publishes the outbox in order until ctx ends, retrying while NATS
 // is unreachable. Each message is removed once JetStream acknowledged it.

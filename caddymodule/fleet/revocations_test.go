@@ -103,7 +103,7 @@ func TestRevocationsTravelThroughTheOutbox(t *testing.T) {
 	n := natstest.Start(t)
 	pub, sub := connect(t, n.URL()), connect(t, n.URL())
 	db := openDB(t)
-	o, err := OpenOutbox(db, nil)
+	o, err := OpenOutbox(db, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestRepublishedRevocationIsDroppedByMessageID(t *testing.T) {
 	n := natstest.Start(t)
 	pub, sub := connect(t, n.URL()), connect(t, n.URL())
 	db := openDB(t)
-	o, _ := OpenOutbox(db, nil)
+	o, _ := OpenOutbox(db, 0, nil)
 	run(t, func(ctx context.Context) { o.Run(ctx, pub) })
 	stage(t, db, o, rev("del_1"))
 	waitUntil(t, func() bool { return outboxKeys(t, db) == 0 })
@@ -182,7 +182,7 @@ func TestOutboxKeepsRevocationsThroughAnOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := openDB(t)
-	o, _ := OpenOutbox(db, nil)
+	o, _ := OpenOutbox(db, 0, nil)
 	got := newReceived()
 	run(t, func(ctx context.Context) { sub.FollowRevocations(ctx, 0, got.apply) })
 	n.Stop()
@@ -194,7 +194,7 @@ func TestOutboxKeepsRevocationsThroughAnOutage(t *testing.T) {
 		t.Fatalf("backlog %d, keys %d during the outage, want 20", o.Backlog(), outboxKeys(t, db))
 	}
 	// A restart during the outage finds the same backlog.
-	o2, err := OpenOutbox(db, nil)
+	o2, err := OpenOutbox(db, 0, nil)
 	if err != nil || o2.Backlog() != 20 {
 		t.Fatalf("reopened outbox backlog %d, %v", o2.Backlog(), err)
 	}
@@ -218,7 +218,7 @@ func TestOutboxDropsAnUnreadableMessage(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	o, _ := OpenOutbox(db, nil)
+	o, _ := OpenOutbox(db, 0, nil)
 	if o.Backlog() != 1 || o.next.Load() != 8 {
 		t.Fatalf("backlog %d next %d", o.Backlog(), o.next.Load())
 	}
@@ -244,5 +244,29 @@ func waitUntil(t testing.TB, cond func() bool) {
 			t.Fatal("condition not met after 10s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// An outbox at its bound says so, and stops saying so once it drained.
+func TestOutboxFullAtItsBound(t *testing.T) {
+	n := natstest.Start(t)
+	pub := connect(t, n.URL())
+	db := openDB(t)
+	o, _ := OpenOutbox(db, 3, nil)
+	if o.Max() != 3 {
+		t.Fatalf("max %d", o.Max())
+	}
+	stage(t, db, o, rev("del_1"), rev("del_2"))
+	if o.Full() {
+		t.Fatal("full at 2 of 3")
+	}
+	stage(t, db, o, rev("del_3"))
+	if !o.Full() {
+		t.Fatal("not full at 3 of 3")
+	}
+	run(t, func(ctx context.Context) { o.Run(ctx, pub) })
+	waitUntil(t, func() bool { return !o.Full() && o.Backlog() == 0 })
+	if d, _ := OpenOutbox(db, 0, nil); d.Max() != DefaultMaxBacklog {
+		t.Fatalf("default max %d", d.Max())
 	}
 }
