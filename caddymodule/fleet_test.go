@@ -388,3 +388,39 @@ func TestFleetBacklogIsBoundedAndVisible(t *testing.T) {
 		t.Fatalf("call after the outbox drained: %+v", a.Error)
 	}
 }
+
+// BenchmarkFleetLimitedToken is the latency a token with max_tasks adds
+// in fleet mode: one client, tasks one at a time through one fleet
+// sidecar (relaxed durability, so no fsync hides it), a limited token vs
+// one without a limit (which never touches NATS), alternating. Run:
+//
+//	go test -run '^$' -bench FleetLimitedToken -benchtime 2000x ./caddymodule
+func BenchmarkFleetLimitedToken(b *testing.B) {
+	rig := startFleetRig(b, 1, natstest.Start(b), "durability relaxed")
+	limited, open := rig.mint(1<<40).Chain, rig.mint(-1).Chain
+	var tLimited, tOpen []time.Duration
+	send := func(token string, i int) time.Duration {
+		start := time.Now()
+		if a := callWith(b, rig.sidecars[0], token, envelope(fmt.Sprintf("01JFLEETBN%018d", i), "echo", `{}`)); a.Result == nil {
+			b.Fatalf("call: %+v", a.Error)
+		}
+		return time.Since(start)
+	}
+	for i := 0; i < 50; i++ { // warm connections, caches, streams
+		send(limited, 2*i)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		tLimited = append(tLimited, send(limited, 1000+2*i))
+		tOpen = append(tOpen, send(open, 1001+2*i))
+	}
+	b.StopTimer()
+	p := func(d []time.Duration, q float64) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[int(float64(len(d)-1)*q)].Microseconds())
+	}
+	b.ReportMetric(p(tOpen, 0.5), "open-p50-µs")
+	b.ReportMetric(p(tLimited, 0.5), "limited-p50-µs")
+	b.ReportMetric(p(tLimited, 0.5)-p(tOpen, 0.5), "added-p50-µs")
+	b.ReportMetric(p(tLimited, 0.99)-p(tOpen, 0.99), "added-p99-µs")
+}
