@@ -264,6 +264,10 @@ func (a *App) Start() error {
 		}
 		a.opened = append(a.opened, dir)
 		s.opened = val.(openDB).database
+		if f := s.opened.fleet; f != nil {
+			agent := a.auditingAgent(s)
+			f.auditAgent.Store(&agent)
+		}
 		if loaded && (s.fleet == nil) != (s.opened.fleet == nil) {
 			a.logger.Warn("fleet block added or removed on reload: the open database keeps its fleet membership until the sidecar restarts", zap.String("dir", dir))
 		}
@@ -303,6 +307,17 @@ func (a *App) startLoops() {
 			rt.checkpointLoop(a.stopLoops, t.C, rt.store.Opened())
 		}(rt)
 	}
+}
+
+// auditingAgent is the first agent on s that keeps an audit log: its log
+// records the revocations applied from the fleet. "" when none does.
+func (a *App) auditingAgent(s *Store) string {
+	for _, rt := range a.agents {
+		if rt.store == s && rt.audit && rt.Agent != "" {
+			return rt.Agent
+		}
+	}
+	return ""
 }
 
 // keyless reports whether a handler using s has no key option.

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
@@ -277,6 +279,25 @@ func TestFleetRevocationCatchUpAfterRestart(t *testing.T) {
 	rig.load()
 	waitFor(t, func() bool { _, ok := rig.ledgers()[rig.dirs[1]].IsRevoked("", m.Claims.ID); return ok })
 	wantRejected(t, callWith(t, rig.sidecars[1], m.Chain, envelope("01JFLEETCU000000000000000001", "echo", `{}`)), protocol.CodeTokenRevoked, "revoked")
+	// Its audit log says so, naming where the revocation came from.
+	var found bool
+	app0, _ := runningApp()
+	d1, _ := app0.stores[rig.dirs[1]].Wait(context.Background(), time.Second)
+	if err := d1.audit.Each(func(e *audit.Entry) bool {
+		var det struct {
+			JTI    string `json:"jti"`
+			Origin string `json:"origin"`
+		}
+		if e.Operation == audit.OpDelegationRevoked && json.Unmarshal(e.Details, &det) == nil && det.JTI == m.Claims.ID && det.Origin != "" {
+			found = true
+		}
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatal("replica 1's audit log has no entry for the revocation it applied from the fleet")
+	}
 	// It recorded the stream position with the revocation: the next start
 	// resumes after it.
 	app, _ := runningApp()

@@ -12,6 +12,7 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/fleet"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
@@ -37,6 +38,9 @@ type fleetLink struct {
 	lastLocalWarn atomic.Int64
 	// applied is the last revocation sequence applied.
 	applied atomic.Uint64
+	// auditAgent is the agent whose audit log records revocations
+	// applied from the fleet ("" when no handler on the database audits).
+	auditAgent atomic.Pointer[string]
 }
 
 var (
@@ -141,11 +145,21 @@ func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, 
 	if at.IsZero() {
 		at = time.Now()
 	}
+	audited := func(tx *storage.Tx, rev *delegation.Revocation) error {
+		agent := f.auditAgent.Load()
+		if agent == nil || *agent == "" {
+			return nil
+		}
+		details := revocationDetails(rev)
+		details["origin"] = r.Origin
+		details["fleet_seq"] = seq
+		return d.audit.Stage(tx, time.Now(), audit.Record{Operation: audit.OpDelegationRevoked, AgentURN: *agent, Details: details})
+	}
 	var err error
 	if r.Issuer == "" {
-		_, err = d.ledger.Revoke(ctx, r.JTI, at, record)
+		_, err = d.ledger.Revoke(ctx, r.JTI, at, record, audited)
 	} else {
-		_, err = d.ledger.RevokeFrom(ctx, r.Issuer, r.JTI, at, record)
+		_, err = d.ledger.RevokeFrom(ctx, r.Issuer, r.JTI, at, record, audited)
 	}
 	if err != nil {
 		return fmt.Errorf("revoking %s from %s: %w", r.JTI, r.Origin, err)
