@@ -16,9 +16,12 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule/fleet"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
 	"github.com/asap-sidecar/asap-sidecar/internal/freeport"
@@ -444,4 +447,30 @@ func BenchmarkFleetLimitedToken(b *testing.B) {
 	b.ReportMetric(p(tLimited, 0.5), "limited-p50-µs")
 	b.ReportMetric(p(tLimited, 0.5)-p(tOpen, 0.5), "added-p50-µs")
 	b.ReportMetric(p(tLimited, 0.99)-p(tOpen, 0.99), "added-p99-µs")
+}
+
+// A revocation no sidecar can apply (an id far over the claim limit, or
+// not JSON), published by a buggy or hostile peer, is skipped: the
+// revocations behind it still arrive.
+func TestFleetPoisonRevocationDoesNotBlockTheStream(t *testing.T) {
+	nats := natstest.Start(t)
+	rig := startFleetRig(t, 1, nats, "")
+	nc, err := natsgo.Connect(nats.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	publish := func(data string) {
+		t.Helper()
+		waitFor(t, func() bool {
+			_, err := js.Publish(context.Background(), fleet.RevocationSubject, []byte(data))
+			return err == nil // the sidecar creates the stream when it connects
+		})
+	}
+	publish(`{"jti":"` + strings.Repeat("x", 100_000) + `","revoked_at":"2026-12-03T10:00:00Z","origin":"evil"}`)
+	publish(`not json`)
+	publish(`{"issuer":"` + strings.Repeat("i", 100_000) + `","jti":"del_x","origin":"evil"}`)
+	publish(`{"jti":"del_after_the_poison","revoked_at":"2026-12-03T10:00:00Z","origin":"peer"}`)
+	waitFor(t, func() bool { _, ok := rig.ledgers()[rig.dirs[0]].IsRevoked("", "del_after_the_poison"); return ok })
 }

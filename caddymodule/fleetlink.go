@@ -161,6 +161,14 @@ func (f *fleetLink) apply(ctx context.Context, d *database, r fleet.Revocation, 
 	} else {
 		_, err = d.ledger.RevokeFrom(ctx, r.Issuer, r.JTI, at, record, audited)
 	}
+	if errors.Is(err, delegation.ErrBadRevocation) {
+		// No sidecar can apply it, now or later: note it and go on, or
+		// it would hold up every revocation behind it.
+		f.logger.Error("skipping a fleet revocation that cannot be applied", zap.Uint64("seq", seq),
+			zap.String("origin", r.Origin), zap.Int("jti_bytes", len(r.JTI)), zap.Error(err))
+		r.JTI = ""
+		return f.apply(ctx, d, r, seq)
+	}
 	if err != nil {
 		return fmt.Errorf("revoking %s from %s: %w", r.JTI, r.Origin, err)
 	}

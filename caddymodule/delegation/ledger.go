@@ -171,6 +171,10 @@ type Revocation struct {
 	Tokens []TokenRef
 }
 
+// ErrBadRevocation wraps the reasons a revocation can never be made: an
+// id or issuer of the wrong length. Retrying does not help.
+var ErrBadRevocation = errors.New("invalid revocation")
+
 // Revoke revokes the token id jti (any id, minted here or not) for every
 // issuer, including tokens first presented later, and among the tokens
 // minted here every descendant. The revocation is durable before it
@@ -185,7 +189,7 @@ func (l *Ledger) Revoke(ctx context.Context, jti string, now time.Time, also ...
 // revoked as with Revoke.
 func (l *Ledger) RevokeFrom(ctx context.Context, issuer, jti string, now time.Time, also ...func(tx *storage.Tx, r *Revocation) error) (*Revocation, error) {
 	if issuer == "" || len(issuer) > maxClaimLen {
-		return nil, fmt.Errorf("an issuer is 1..%d characters", maxClaimLen)
+		return nil, fmt.Errorf("%w: an issuer is 1..%d characters", ErrBadRevocation, maxClaimLen)
 	}
 	return l.revoke(ctx, issuer, jti, now, also)
 }
@@ -194,7 +198,7 @@ func (l *Ledger) revoke(ctx context.Context, iss, jti string, now time.Time, als
 	// Kept as the APIs give it, so every answer shows the same time.
 	now = wire.Time(now)
 	if jti == "" || len(jti) > maxClaimLen {
-		return nil, fmt.Errorf("a token id is 1..%d characters", maxClaimLen)
+		return nil, fmt.Errorf("%w: a token id is 1..%d characters", ErrBadRevocation, maxClaimLen)
 	}
 	issued, err := l.Issued(false)
 	if err != nil {
