@@ -90,6 +90,7 @@ func fleetState(db *storage.DB) (origin string, applied uint64, err error) {
 		b, err := r.Get(fleetAppliedKey)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
+			return nil // nothing applied yet
 		case err != nil:
 			return err
 		default:
