@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,4 +167,38 @@ func (f *fleetLink) publishUsage(tx *storage.Tx, e *metering.Event, dedup string
 		return err
 	}
 	return f.outbox.Stage(tx, m)
+}
+
+// publishCheckpoint stages a signed audit checkpoint of agent for the
+// collector and wakes the outbox. vkey is the note verifier key it
+// verifies with. SignedAt is when this process first announced it.
+func (f *fleetLink) publishCheckpoint(ctx context.Context, db *storage.DB, agent, vkey string, signed []byte) error {
+	size, err := checkpointSize(signed)
+	if err != nil {
+		return err
+	}
+	m, err := fleet.Checkpoint{Origin: f.origin, Name: f.name, Agent: agent, Size: size, Checkpoint: string(signed),
+		SignedAt: time.Now().UTC(), PublicKey: vkey}.Message()
+	if err != nil {
+		return err
+	}
+	if err := db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return f.outbox.Stage(tx, m) }); err != nil {
+		return err
+	}
+	f.outbox.Notify()
+	return nil
+}
+
+// checkpointSize reads the tree size of a signed checkpoint note: its
+// second line (origin, size, root hash, then the signatures).
+func checkpointSize(signed []byte) (uint64, error) {
+	lines := strings.SplitN(string(signed), "\n", 3)
+	if len(lines) < 3 {
+		return 0, errors.New("checkpoint note has no size line")
+	}
+	size, err := strconv.ParseUint(lines[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint note size line %q: %w", lines[1], err)
+	}
+	return size, nil
 }

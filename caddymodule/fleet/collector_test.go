@@ -309,7 +309,10 @@ func TestCollectorKeepsTheLatestCheckpointPerOrigin(t *testing.T) {
 	// Late: an older one (a republish), then a re-signed one of the same size.
 	stageCP(a, cp(a, 5, base.Add(2*time.Minute)))
 	stageCP(b, cp(b, 3, base.Add(time.Hour)))
-	waitUntil(t, func() bool { cs, _ := k.Checkpoints(); return len(cs) == 2 && cs[1].SignedAt.Equal(base.Add(time.Hour)) })
+	waitUntil(t, func() bool {
+		cs, _ := k.Checkpoints()
+		return len(cs) == 2 && cs[1].SignedAt.Equal(base.Add(time.Hour))
+	})
 	cs, err := k.Checkpoints()
 	if err != nil {
 		t.Fatal(err)
@@ -335,7 +338,7 @@ func TestCollectorSkipsMalformedMessages(t *testing.T) {
 	for _, m := range []struct{ subject, data string }{
 		{UsageSubjectPrefix + "x", "not json"},
 		{UsageSubjectPrefix + "x", `{"event":{"task_id":"t","timestamp":"2026-01-01T00:00:00Z"}}`}, // no origin
-		{UsageSubjectPrefix + "x", `{"origin":"x","event":{"task_id":"t"}}`},                        // no time
+		{UsageSubjectPrefix + "x", `{"origin":"x","event":{"task_id":"t"}}`},                       // no time
 		{UsageSubjectPrefix + "x", `{"origin":"x","event":{"task_id":"t","timestamp":"9999-12-31T23:59:59Z"}}`},
 		{CheckpointSubjectPrefix + "x", `{"origin":"x"}`},
 	} {
