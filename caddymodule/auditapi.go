@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -76,16 +77,25 @@ func (s auditService) Verifiers() []note.Verifier {
 }
 
 // checkpointLoop signs a checkpoint on every tick while the log grows,
-// until stop is closed.
+// until stop is closed. In fleet mode each new checkpoint also goes to
+// the collector, through the outbox.
 func (rt *agentRuntime) checkpointLoop(stop <-chan struct{}, tick <-chan time.Time, d *database) {
+	var published []byte
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick:
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			if _, err := (auditService{rt, d}).Checkpoint(ctx); err != nil {
+			signed, err := (auditService{rt, d}).Checkpoint(ctx)
+			if err != nil {
 				rt.logger.Warn("signing the audit checkpoint", zap.Error(err))
+			} else if d.fleet != nil && !bytes.Equal(signed, published) {
+				if err := d.fleet.publishCheckpoint(ctx, d.db, rt.Agent, rt.auditSigner(d).vkey, signed); err != nil {
+					rt.logger.Warn("staging the audit checkpoint for the fleet collector; the next tick tries again", zap.Error(err))
+				} else {
+					published = signed
+				}
 			}
 			cancel()
 		}

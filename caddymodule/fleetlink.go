@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,7 +102,7 @@ func fleetState(db *storage.DB) (origin string, applied uint64, err error) {
 		b, err := r.Get(fleetAppliedKey)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
-			return nil
+			return nil // nothing applied yet
 		case err != nil:
 			return err
 		}
@@ -282,3 +284,37 @@ func (f *fleetLink) status() *FleetStatus {
 
 // errBacklogFull is why a call is refused while the outbox is full.
 var errBacklogFull = errors.New("the fleet outbox is full: NATS has been unreachable too long")
+
+// publishCheckpoint stages a signed audit checkpoint of agent for the
+// collector and wakes the outbox. vkey is the note verifier key it
+// verifies with. SignedAt is when this process first announced it.
+func (f *fleetLink) publishCheckpoint(ctx context.Context, db *storage.DB, agent, vkey string, signed []byte) error {
+	size, err := checkpointSize(signed)
+	if err != nil {
+		return err
+	}
+	m, err := fleet.Checkpoint{Origin: f.origin, Name: f.name, Agent: agent, Size: size, Checkpoint: string(signed),
+		SignedAt: time.Now().UTC(), PublicKey: vkey}.Message()
+	if err != nil {
+		return err
+	}
+	if err := db.Commit(ctx, storage.Strict, func(tx *storage.Tx) error { return f.outbox.Stage(tx, m) }); err != nil {
+		return err
+	}
+	f.outbox.Notify()
+	return nil
+}
+
+// checkpointSize reads the tree size of a signed checkpoint note: its
+// second line (origin, size, root hash, then the signatures).
+func checkpointSize(signed []byte) (uint64, error) {
+	lines := strings.SplitN(string(signed), "\n", 3)
+	if len(lines) < 3 {
+		return 0, errors.New("checkpoint note has no size line")
+	}
+	size, err := strconv.ParseUint(lines[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint note size line %q: %w", lines[1], err)
+	}
+	return size, nil
+}

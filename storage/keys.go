@@ -25,6 +25,7 @@ const (
 	SpaceAudit     Space = 'a' // audit entries, tree state, head
 	SpaceMeta      Space = 'm' // schema version and process facts
 	SpaceOutbox    Space = 'o' // fleet mode: messages waiting to be published, by sequence
+	SpaceFleet     Space = 'f' // fleet collector: latest checkpoint per sidecar, ingest counters
 )
 
 // sep separates variable-length key parts. Parts must not contain it; the

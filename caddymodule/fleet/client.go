@@ -132,6 +132,16 @@ func (c *Client) setup(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("%w: creating stream %s: %v", ErrUnavailable, UsageStream, err)
 	}
+	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              CheckpointStream,
+		Description:       "asap-sidecar signed audit checkpoints: the latest of every sidecar, for the collector",
+		Subjects:          []string{CheckpointSubjectPrefix + ">"},
+		Storage:           jetstream.FileStorage,
+		MaxMsgsPerSubject: 1,
+		Duplicates:        10 * time.Minute,
+	}); err != nil {
+		return fmt.Errorf("%w: creating stream %s: %v", ErrUnavailable, CheckpointStream, err)
+	}
 	kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      LimitsBucket,
 		Description: "asap-sidecar max_tasks counts shared by replicas, by token hash",
