@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,10 @@ type Outbox struct {
 	logger  *zap.Logger
 	next    atomic.Uint64 // sequence of the next staged message
 	backlog atomic.Int64  // staged and not yet acknowledged (approximate while commits are in flight)
+	// staged counts Stage calls; a scan that found the outbox empty resets
+	// backlog only if none happened since it began (under resync).
+	resync sync.Mutex
+	staged uint64
 	wake    chan struct{}
 	batch   int
 	retry   time.Duration
@@ -88,7 +93,10 @@ func (o *Outbox) Stage(tx *storage.Tx, m Message) error {
 		return err
 	}
 	tx.Set(outboxKey(o.next.Add(1)-1), b)
+	o.resync.Lock()
+	o.staged++
 	o.backlog.Add(1)
+	o.resync.Unlock()
 	return nil
 }
 
@@ -144,6 +152,9 @@ func (o *Outbox) publishBatch(ctx context.Context, c *Client) (int, error) {
 		key []byte
 		m   Message
 	}
+	o.resync.Lock()
+	stagedBefore := o.staged
+	o.resync.Unlock()
 	var batch []entry
 	err := o.db.View(func(r *storage.Reader) error {
 		return r.Scan(storage.SpaceOutbox.Prefix(), false, func(k, v []byte) (bool, error) {
@@ -161,7 +172,14 @@ func (o *Outbox) publishBatch(ctx context.Context, c *Client) (int, error) {
 	})
 	if err != nil || len(batch) == 0 {
 		if err == nil {
-			o.backlog.Store(0) // resync: aborted commits may have counted
+			// Aborted or retried commits may have counted messages that
+			// never landed: an empty outbox is zero, unless a message was
+			// staged since the scan began (it may land yet).
+			o.resync.Lock()
+			if o.staged == stagedBefore {
+				o.backlog.Store(0)
+			}
+			o.resync.Unlock()
 		}
 		return 0, err
 	}
