@@ -40,9 +40,9 @@ type Outbox struct {
 	// backlog only if none happened since it began (under resync).
 	resync sync.Mutex
 	staged uint64
-	wake    chan struct{}
-	batch   int
-	retry   time.Duration
+	wake   chan struct{}
+	batch  int
+	retry  time.Duration
 	// max is the backlog at which Full says stop: a NATS outage must not
 	// fill the disk.
 	max int64
