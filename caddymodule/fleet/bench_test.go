@@ -2,10 +2,13 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/asap-sidecar/asap-sidecar/internal/natstest"
 )
@@ -54,4 +57,46 @@ func BenchmarkTakeContended(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkCollectorIngest is the collector's ingest rate: b.N usage
+// messages wait in the stream, and the collector stores them all
+// (deduplicated, durable, acknowledged). Reported as events/s.
+func BenchmarkCollectorIngest(b *testing.B) {
+	n := natstest.Start(b)
+	pub := connect(b, n.URL())
+	ctx := context.Background()
+	if err := pub.setup(ctx); err != nil {
+		b.Fatal(err)
+	}
+	o := &origin{id: "bench"}
+	for i := 0; i < b.N; i++ {
+		m, err := o.use("urn:asap:agent:client", fmt.Sprintf("env-%d", i), i).Message()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := pub.js.PublishAsync(m.Subject, m.Data, jetstream.WithMsgID(m.ID)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-pub.js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publishing did not complete")
+	}
+	k, err := NewCollector(connect(b, n.URL()), openDB(b), CollectorOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	run(b, k.Run)
+	for k.ingested.Load() < uint64(b.N) {
+		if time.Since(start) > 5*time.Minute {
+			b.Fatalf("ingested %d of %d", k.ingested.Load(), b.N)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 }
