@@ -48,7 +48,7 @@ var rejectionReasons = map[int][]string{
 	protocol.CodeTokenRevoked:    {"revoked"},
 	protocol.CodeTokenScope:      {"scope_escalation", "time_window_escape", "max_tasks_escalation", "action_not_granted"},
 	protocol.CodeTokenAudience:   {"issuer_not_parent_audience", "recipient_mismatch", "sender_not_audience"},
-	protocol.CodeTokenLimitSpent: {"limit_unreadable", "max_tasks_reached"},
+	protocol.CodeTokenLimitSpent: {"limit_unreadable", "max_tasks_reached", "fleet_unavailable"},
 }
 
 // otherLabel stands for a class or reason not in the lists above.

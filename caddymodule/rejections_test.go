@@ -16,7 +16,7 @@ import (
 
 // notRejections are error reasons the sidecar answers with that are not
 // refusals of the client's request: the agent or the storage failed.
-var notRejections = []string{"agent_unreachable", "agent_timeout", "invalid_agent_answer", "storage_unavailable", "record_not_durable", "stream_needs_one_call"}
+var notRejections = []string{"agent_unreachable", "agent_timeout", "invalid_agent_answer", "storage_unavailable", "record_not_durable", "stream_needs_one_call", "fleet_backlog_full"}
 
 // TestRejectionReasonsAreAllKnown reads the source for every reason a
 // refusal is built with (protocol.NewError, delegation's reject,
@@ -61,6 +61,10 @@ func TestRejectionReasonsAreAllKnown(t *testing.T) {
 			case *ast.CompositeLit:
 				if id, ok := n.Type.(*ast.Ident); ok && id.Name == "bodyError" && len(n.Elts) >= 2 {
 					reason = n.Elts[1]
+				}
+			case *ast.KeyValueExpr: // Rejection{..., Reason: "..."}
+				if k, ok := n.Key.(*ast.Ident); ok && k.Name == "Reason" {
+					reason = n.Value
 				}
 			}
 			lit, ok := reason.(*ast.BasicLit)
