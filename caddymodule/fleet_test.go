@@ -597,3 +597,23 @@ func openStorage(t testing.TB) *storage.DB {
 	t.Cleanup(func() { db.Close() })
 	return db
 }
+
+// A credentials file that cannot be read stops the config from loading,
+// with the file named, rather than leaving NATS to refuse every attempt.
+func TestFleetUnreadableCredentials(t *testing.T) {
+	nats := natstest.Start(t)
+	missing := filepath.Join(t.TempDir(), "nats.creds")
+	s := newSidecar(t, "", "agent urn:asap:agent:demo\nfleet {\nnats "+nats.URL()+"\ncredentials "+missing+"\n}", "")
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(s.caddyfile(s.options)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = caddy.Load(cfg, true)
+	if err == nil {
+		caddy.Stop()
+		t.Fatal("a config with an unreadable credentials file loaded")
+	}
+	if !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "fleet credentials") {
+		t.Fatalf("error does not name the file: %v", err)
+	}
+}
