@@ -131,10 +131,9 @@ func serveStatus(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	_, caddyVersion := caddy.Version()
 	st := Status{
 		Version:       Version,
-		CaddyVersion:  caddyVersion,
+		CaddyVersion:  CaddyVersion(),
 		StartedAt:     wire.Time(processStart),
 		UptimeSeconds: time.Since(processStart).Seconds(),
 		Agents:        []AgentStatus{},

@@ -86,8 +86,7 @@ on, one per line.`,
 }
 
 func cmdVersion(caddycmd.Flags) (int, error) {
-	_, full := caddy.Version()
-	fmt.Printf("asap-sidecar %s\ncaddy %s\n", Version, full)
+	fmt.Printf("asap-sidecar %s\ncaddy %s\n", Version, CaddyVersion())
 	return 0, nil
 }
 

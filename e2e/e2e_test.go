@@ -17,6 +17,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"github.com/asap-sidecar/asap-sidecar/caddymodule"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/audit"
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/metering"
 	"github.com/asap-sidecar/asap-sidecar/storage"
@@ -45,8 +46,13 @@ func TestListModulesShowsSidecarModules(t *testing.T) {
 
 func TestVersionCommand(t *testing.T) {
 	out, err := cli(t, "asap", "version")
-	if err != nil || !strings.HasPrefix(out, "asap-sidecar ") || !strings.Contains(out, "caddy v2.11") {
+	if err != nil || !strings.HasPrefix(out, "asap-sidecar "+caddymodule.Version+"\n") || !strings.Contains(out, "caddy v2.11") {
 		t.Fatalf("%v: %q", err, out)
+	}
+	// Caddy's own version command names the sidecar's release first.
+	out, err = cli(t, "version")
+	if err != nil || !strings.HasPrefix(out, "asap-sidecar "+caddymodule.Version+", caddy v2.11") {
+		t.Fatalf("asap-caddy version: %v: %q", err, out)
 	}
 	out, _ = cli(t, "asap", "--help")
 	if !strings.Contains(out, "version") {

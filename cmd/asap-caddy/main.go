@@ -10,6 +10,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/asap-sidecar/asap-sidecar"
+	"github.com/asap-sidecar/asap-sidecar/caddymodule"
 )
 
 func main() {
@@ -17,6 +18,11 @@ func main() {
 	// delegation list"), as the examples do, not "caddy".
 	if caddy.CustomBinaryName == "" {
 		caddy.CustomBinaryName = "asap-caddy"
+	}
+	// `asap-caddy version` names the sidecar's release; Caddy appends
+	// its own version to this.
+	if caddy.CustomVersion == "" {
+		caddy.CustomVersion = "asap-sidecar " + caddymodule.Version + ", caddy"
 	}
 	caddycmd.Main()
 }
