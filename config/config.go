@@ -460,28 +460,6 @@ func (o *Options) validateVersions() []error {
 	bad := func(opt, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("asap: option %s: %s", opt, fmt.Sprintf(format, a...)))
 	}
-	if f := o.Fleet; f != nil {
-		if f.NATS == "" {
-			bad("fleet nats", "required in a fleet block: the URL of the fleet's NATS (nats://host:4222)")
-		}
-		for _, u := range strings.Split(f.NATS, ",") {
-			if u = strings.TrimSpace(u); u == "" {
-				continue
-			}
-			p, err := url.Parse(u)
-			if err != nil || p.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, p.Scheme) {
-				bad("fleet nats", "%q is not a NATS URL; use nats://host:port (or tls://, ws://, wss://)", u)
-			}
-		}
-		if f.MaxBacklog != 0 && (f.MaxBacklog < 1000 || f.MaxBacklog > 100_000_000) {
-			bad("fleet max_backlog", "%d is out of range; use 1000..100000000 messages", f.MaxBacklog)
-		}
-		switch f.OnUnreachable {
-		case "", FleetReject, FleetLocal:
-		default:
-			bad("fleet on_unreachable", "%q is not a choice; use reject or local", f.OnUnreachable)
-		}
-	}
 	v := o.Versions()
 	if o.ASAPVersions != nil && len(o.ASAPVersions) == 0 {
 		bad("asap_versions", "the list is empty; name at least one version, or leave the option out for %s",

@@ -964,3 +964,25 @@ func durPtr(d time.Duration) *Duration {
 	v := Duration(d)
 	return &v
 }
+
+// Each problem of a fleet block is reported once, naming the option.
+func TestFleetValidation(t *testing.T) {
+	for fleet, want := range map[Fleet]string{
+		{}:                      "fleet nats: required",
+		{NATS: "http://x:4222"}: `fleet nats: "http://x:4222" is not a NATS URL`,
+		{NATS: "nats://x:4222", OnUnreachable: "maybe"}: `fleet on_unreachable: "maybe" is not a choice`,
+		{NATS: "nats://x:4222", MaxBacklog: 10}:         "fleet max_backlog: 10 is out of range",
+	} {
+		o := Options{Agent: "urn:asap:agent:a", Fleet: &fleet}
+		o.ApplyDefaults()
+		err := o.Validate()
+		if err == nil || strings.Count(err.Error(), "option fleet") != 1 || !strings.Contains(err.Error(), want) {
+			t.Errorf("fleet %+v: %v, want one error with %q", fleet, err, want)
+		}
+	}
+	o := Options{Agent: "urn:asap:agent:a", Fleet: &Fleet{NATS: "nats://a:4222, tls://b:4222"}}
+	o.ApplyDefaults()
+	if err := o.Validate(); err != nil || o.Fleet.OnUnreachable != FleetReject {
+		t.Fatalf("a good fleet block: %v, on_unreachable %q", err, o.Fleet.OnUnreachable)
+	}
+}
