@@ -51,9 +51,9 @@ func newProbes() *probes {
 // hints say what the agent must serve, in the failure's warning.
 var probeHints = map[string]string{
 	probeHealth: "the agent must answer GET /.well-known/asap/health with 200 when healthy; " +
-		"until it does, availability counts it as down (README: What an agent must serve)",
+		"until it does, availability counts it as down (docs/wire.md: What an agent must serve)",
 	probeManifest: "the agent should serve GET /.well-known/asap/manifest.json with 200 and an sla block; " +
-		"until it does, only the Caddyfile's sla options apply (README: What an agent must serve)",
+		"until it does, only the Caddyfile's sla options apply (docs/wire.md: What an agent must serve)",
 }
 
 // record notes a probe's outcome and logs a failure, at most once per

@@ -3,7 +3,7 @@
 
 An auditor's own verifier, independent of the sidecar's code: Python's
 standard library plus the `cryptography` package for Ed25519. It checks
-what `asap-caddy asap audit check` checks (README, "The audit log"):
+what `asap-caddy asap audit check` checks (docs/wire.md, "Audit log entries"):
 
   * every entry's hash = hex SHA-256 of "prev_hash|timestamp|operation|"
     followed by the RFC 8785 (JCS) canonical JSON of its details, and each
