@@ -36,7 +36,7 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, backup, version)",
+		Short: "Operate the ASAP sidecar (status, health, keys, delegations, usage, audit, backup, version)",
 		Long: `
 Commands for operating the ASAP sidecar. Most talk to a running sidecar
 through its admin API (--address, default: from --config, else
@@ -57,9 +57,10 @@ const exitFailure = caddy.ExitCodeFailedStartup
 // asapCommands builds the command tree under 'asap-caddy asap'.
 func asapCommands(cmd *cobra.Command) {
 	cmd.Example = `  asap-caddy asap keygen --out /etc/asap --name research
+  asap-caddy asap status --address unix//run/asap/admin.sock
   asap-caddy asap delegation create --delegate urn:asap:agent:client --scopes task.execute
   asap-caddy asap audit verify --db /var/lib/asap`
-	cmd.AddCommand(versionCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand())
+	cmd.AddCommand(versionCommand(), statusCommand(), healthcheckCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand())
 }
 
 // command is a cobra command whose work is fn; flags, when given, adds
@@ -94,7 +95,7 @@ func cmdVersion(caddycmd.Flags) (int, error) {
 
 // addAdminFlags adds the flags that find a running sidecar's admin API.
 func addAdminFlags(fs *pflag.FlagSet) {
-	fs.String("address", "", "admin API address of the running sidecar")
+	fs.String("address", "", "admin API address of the running sidecar: HOST:PORT, or a unix socket as unix//PATH (or the PATH alone)")
 	fs.String("config", "", "config file, to find the admin address in")
 	fs.String("adapter", "", "adapter of --config")
 	fs.String("storage", "", "storage directory of the asap block to ask, when the sidecar runs several")
@@ -123,7 +124,7 @@ func adminRequest(fl caddycmd.Flags, method, uri string, body []byte) (*http.Res
 		// Caddy's "HTTP <status>: <message>" is an answer; anything
 		// else means no sidecar answered at addr.
 		if !strings.HasPrefix(err.Error(), "HTTP ") {
-			return nil, fmt.Errorf("no sidecar answered at %s (%s): %w\n(is it running? give its admin address with --address HOST:PORT, "+
+			return nil, fmt.Errorf("no sidecar answered at %s (%s): %w\n(is it running? give its admin address with --address HOST:PORT (a unix socket: --address unix//PATH), "+
 				"or its config with --config FILE to read the address from; for a stopped sidecar use --db DIR where the command has it)",
 				addr, adminSource(fl), err)
 		}
@@ -149,7 +150,7 @@ func adminSource(fl caddycmd.Flags) string {
 func adminAddress(fl caddycmd.Flags) (string, error) {
 	file, adapter := fl.String("config"), fl.String("adapter")
 	if fl.String("address") != "" || file == "" {
-		return caddycmd.DetermineAdminAPIAddress(fl.String("address"), nil, "", "")
+		return caddycmd.DetermineAdminAPIAddress(unixAddress(fl.String("address")), nil, "", "")
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
