@@ -456,6 +456,12 @@ func TestKubernetesManifestsAgree(t *testing.T) {
 		t.Fatal(`the sidecar declares no container port named "asap"`)
 	}
 
+	// The command runs the binary where the image keeps it: the image
+	// (FROM scratch) has no PATH lookup to fall back on.
+	if entry := dockerfileEntrypoint(t); len(sc.Command) == 0 || sc.Command[0] != entry {
+		t.Errorf("the sidecar's command %q does not start with the image's ENTRYPOINT binary %q", sc.Command, entry)
+	}
+
 	// The Caddyfile: the sidecar runs the one in the ConfigMap.
 	configFile := ""
 	for i, a := range sc.Command {
@@ -695,4 +701,24 @@ func TestKubernetesManifestsAgree(t *testing.T) {
 	} else if _, _, ro, ok := mountOf(sc, d); !ok || ro {
 		t.Errorf("XDG_DATA_HOME %s is not on a writable volume", d)
 	}
+}
+
+// dockerfileEntrypoint is the binary the repository's Dockerfile starts.
+func dockerfileEntrypoint(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "ENTRYPOINT "); ok {
+			var argv []string
+			if err := json.Unmarshal([]byte(rest), &argv); err != nil || len(argv) == 0 {
+				t.Fatalf("Dockerfile ENTRYPOINT %s is not a JSON array", rest)
+			}
+			return argv[0]
+		}
+	}
+	t.Fatal("the Dockerfile has no ENTRYPOINT")
+	return ""
 }
