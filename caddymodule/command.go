@@ -59,7 +59,7 @@ func asapCommands(cmd *cobra.Command) {
 	cmd.Example = `  asap-caddy asap keygen --out /etc/asap --name research
   asap-caddy asap delegation create --delegate urn:asap:agent:client --scopes task.execute
   asap-caddy asap audit verify --db /var/lib/asap`
-	cmd.AddCommand(versionCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand())
+	cmd.AddCommand(versionCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand(), demoCommand())
 }
 
 // command is a cobra command whose work is fn; flags, when given, adds
