@@ -36,13 +36,15 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, backup, version)",
+		Short: "Operate the ASAP sidecar (keys, delegations, usage, audit, backup, version, demo)",
 		Long: `
 Commands for operating the ASAP sidecar. Most talk to a running sidecar
 through its admin API (--address, default: from --config, else
 localhost:2019); with --db DIR they open a stopped sidecar's database
 instead (read-only, unless the command writes). 'keygen' and
 'delegation create --key', 'delegation inspect' need no sidecar at all.
+
+'demo' starts its own sidecar and shows what it does, step by step.
 
 Run 'asap-caddy asap <command> --help' for a command's flags and
 examples.`,
