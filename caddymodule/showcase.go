@@ -47,8 +47,11 @@ func runDemoSteps(ctx context.Context, w io.Writer, steps []demoStep) error {
 	for i, st := range steps {
 		fmt.Fprintf(w, "\n── %d/%d %s\n", i+1, n, st.title)
 		why, err := st.run(ctx)
-		if err == nil && ctx.Err() != nil {
-			err = fmt.Errorf("the showcase ran out of time: %w", ctx.Err())
+		if ctx.Err() != nil {
+			if err == nil {
+				err = ctx.Err()
+			}
+			err = fmt.Errorf("the showcase ran out of time (--timeout): %w", err)
 		}
 		if err != nil {
 			fmt.Fprintf(w, "✗ %d/%d %v\n", i+1, n, err)

@@ -42,7 +42,7 @@ func TestDemoStepsFailPastTheDeadline(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out strings.Builder
 	err := runDemoSteps(ctx, &out, []demoStep{{"slow", func(context.Context) (string, error) { cancel(); return "done", nil }}})
-	if err == nil || !strings.Contains(out.String(), "✗ 1/1 the showcase ran out of time") {
+	if err == nil || !strings.Contains(out.String(), "✗ 1/1 the showcase ran out of time (--timeout)") {
 		t.Fatalf("err %v, output:\n%s", err, out.String())
 	}
 }
