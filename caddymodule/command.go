@@ -36,13 +36,15 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "asap",
 		Usage: "<command> [flags]",
-		Short: "Operate the ASAP sidecar (status, health, keys, delegations, usage, audit, backup, version)",
+		Short: "Operate the ASAP sidecar (status, health, keys, delegations, usage, audit, backup, collect, demo, version)",
 		Long: `
 Commands for operating the ASAP sidecar. Most talk to a running sidecar
 through its admin API (--address, default: from --config, else
 localhost:2019); with --db DIR they open a stopped sidecar's database
 instead (read-only, unless the command writes). 'keygen' and
 'delegation create --key', 'delegation inspect' need no sidecar at all.
+
+'demo' starts its own sidecar and shows what it does, step by step.
 
 Run 'asap-caddy asap <command> --help' for a command's flags and
 examples.`,
@@ -60,7 +62,7 @@ func asapCommands(cmd *cobra.Command) {
   asap-caddy asap status --address unix//run/asap/admin.sock
   asap-caddy asap delegation create --delegate urn:asap:agent:client --scopes task.execute
   asap-caddy asap audit verify --db /var/lib/asap`
-	cmd.AddCommand(versionCommand(), statusCommand(), healthcheckCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand())
+	cmd.AddCommand(versionCommand(), statusCommand(), healthcheckCommand(), keygenCommand(), delegationCommand(), usageCommand(), auditCommand(), backupCommand(), restoreCommand(), collectCommand(), demoCommand())
 }
 
 // command is a cobra command whose work is fn; flags, when given, adds
