@@ -550,14 +550,24 @@ func TestFleetOutageUnderLoadLosesNothing(t *testing.T) {
 		t.Fatal("no task ran during the outage")
 	}
 
+	// Relaxed durability: the last records may still be on their way to
+	// the replicas' databases when the last answers arrive.
 	var want metering.Summary
-	for _, dir := range rig.dirs {
-		s := rig.summary(dir)
-		want.TotalTasks += s.TotalTasks
-		want.TotalTokens += s.TotalTokens
-	}
-	if want.TotalTasks != sent.Load() {
-		t.Fatalf("replicas metered %d tasks, clients got %d answers", want.TotalTasks, sent.Load())
+	deadline0 := time.Now().Add(10 * time.Second)
+	for {
+		want = metering.Summary{}
+		for _, dir := range rig.dirs {
+			s := rig.summary(dir)
+			want.TotalTasks += s.TotalTasks
+			want.TotalTokens += s.TotalTokens
+		}
+		if want.TotalTasks == sent.Load() {
+			break
+		}
+		if want.TotalTasks > sent.Load() || time.Now().After(deadline0) {
+			t.Fatalf("replicas metered %d tasks, clients got %d answers", want.TotalTasks, sent.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for collector.Status(context.Background()).Ingested < uint64(want.TotalTasks) {

@@ -223,7 +223,7 @@ func (h *Handler) takeFleetSlots(ctx context.Context, d *database, chain *delega
 		if max < 0 {
 			continue
 		}
-		slot, err := f.client.Take(ctx, link.Hash, max)
+		slot, err := f.client.Take(ctx, link.Hash, max, time.Unix(int64(*link.Claims.Expiry), 0))
 		if err == nil {
 			slots = append(slots, slot)
 			continue

@@ -21,14 +21,14 @@ func BenchmarkTake(b *testing.B) {
 	n := natstest.Start(b)
 	c := connect(b, n.URL())
 	ctx := context.Background()
-	if _, err := c.Take(ctx, hashA, 1<<40); err != nil { // warm: streams, bucket, cache
+	if _, err := c.Take(ctx, hashA, 1<<40, inAnHour); err != nil { // warm: streams, bucket, cache
 		b.Fatal(err)
 	}
 	took := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		if _, err := c.Take(ctx, hashA, 1<<40); err != nil {
+		if _, err := c.Take(ctx, hashA, 1<<40, inAnHour); err != nil {
 			b.Fatal(err)
 		}
 		took = append(took, time.Since(start))
@@ -51,7 +51,7 @@ func BenchmarkTakeContended(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		c := cs[next.Add(1)%3]
 		for pb.Next() {
-			if _, err := c.Take(ctx, hashA, 1<<40); err != nil {
+			if _, err := c.Take(ctx, hashA, 1<<40, inAnHour); err != nil {
 				b.Error(err)
 				return
 			}

@@ -51,6 +51,8 @@ type Client struct {
 	limits  jetstream.KeyValue
 	seen    lastSeen
 	timeout time.Duration
+	// keepAfterExpiry is KeepAfterExpiry (shorter in tests).
+	keepAfterExpiry time.Duration
 }
 
 // ErrUnavailable wraps every failure to reach the fleet's NATS.
@@ -91,7 +93,7 @@ func Connect(o Options) (*Client, error) {
 		nc.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
-	return &Client{nc: nc, js: js, logger: logger, timeout: 2 * time.Second}, nil
+	return &Client{nc: nc, js: js, logger: logger, timeout: 2 * time.Second, keepAfterExpiry: KeepAfterExpiry}, nil
 }
 
 // Close drops the connection.
@@ -147,6 +149,9 @@ func (c *Client) setup(ctx context.Context) error {
 		Description: "asap-sidecar max_tasks counts shared by replicas, by token hash",
 		History:     1,
 		Storage:     jetstream.FileStorage,
+		// Counts carry a TTL (the token's expiry); this enables per-key
+		// TTLs (NATS 2.11 and later).
+		LimitMarkerTTL: time.Minute,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: creating bucket %s: %v", ErrUnavailable, LimitsBucket, err)

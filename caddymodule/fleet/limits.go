@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -15,9 +17,10 @@ import (
 // compare-and-set on the key's revision, so replicas racing for the last
 // slot never both get it.
 type Slot struct {
-	c    *Client
-	key  string
-	done bool
+	c       *Client
+	key     string
+	expires time.Time
+	done    bool
 }
 
 // ErrSpent is Take's answer when the token's max_tasks are all used,
@@ -61,10 +64,12 @@ func limitKey(hash string) string { return "t." + hash }
 
 // Take counts one task against the token whose HashOf is hash, if fewer
 // than max are counted. It returns ErrSpent when all are used, or an
-// error wrapping ErrUnavailable when NATS cannot be reached.
-func (c *Client) Take(ctx context.Context, hash string, max int64) (*Slot, error) {
+// error wrapping ErrUnavailable when NATS cannot be reached. The count
+// lives until the token expires (plus KeepAfterExpiry), so the bucket does
+// not grow with every token ever used.
+func (c *Client) Take(ctx context.Context, hash string, max int64, expires time.Time) (*Slot, error) {
 	key := limitKey(hash)
-	err := c.update(ctx, key, func(n int64) (int64, error) {
+	err := c.update(ctx, key, expires, func(n int64) (int64, error) {
 		if n >= max {
 			return 0, ErrSpent
 		}
@@ -73,8 +78,16 @@ func (c *Client) Take(ctx context.Context, hash string, max int64) (*Slot, error
 	if err != nil {
 		return nil, err
 	}
-	return &Slot{c: c, key: key}, nil
+	return &Slot{c: c, key: key, expires: expires}, nil
 }
+
+// errNoChange tells update that there is nothing to write.
+var errNoChange = errors.New("fleet: count unchanged")
+
+// KeepAfterExpiry is how long a token's count outlives its exp: longer
+// than any clock skew a verifier tolerates, so no slot frees up while the
+// token can still be accepted somewhere.
+const KeepAfterExpiry = time.Hour
 
 // Release gives the slot back (the agent never answered). It is a no-op
 // the second time.
@@ -83,12 +96,16 @@ func (s *Slot) Release(ctx context.Context) error {
 		return nil
 	}
 	s.done = true
-	return s.c.update(ctx, s.key, func(n int64) (int64, error) {
+	err := s.c.update(ctx, s.key, s.expires, func(n int64) (int64, error) {
 		if n <= 0 {
-			return 0, nil
+			return 0, errNoChange // expired, or never counted: nothing to give back
 		}
 		return n - 1, nil
 	})
+	if errors.Is(err, errNoChange) {
+		return nil
+	}
+	return err
 }
 
 // Count is the fleet-wide count of the token whose HashOf is hash.
@@ -109,8 +126,8 @@ func (c *Client) Count(ctx context.Context, hash string) (int64, error) {
 }
 
 // update applies next to the key's count with compare-and-set, retrying
-// on conflict.
-func (c *Client) update(ctx context.Context, key string, next func(int64) (int64, error)) error {
+// on conflict; the written count expires KeepAfterExpiry after expires.
+func (c *Client) update(ctx context.Context, key string, expires time.Time, next func(int64) (int64, error)) error {
 	if err := c.setup(ctx); err != nil {
 		return err
 	}
@@ -143,12 +160,8 @@ func (c *Client) update(ctx context.Context, key string, next func(int64) (int64
 			return err
 		}
 		val := []byte(strconv.FormatInt(n, 10))
-		var rev uint64
-		if st.rev == 0 {
-			rev, err = c.limits.Create(ctx, key, val)
-		} else {
-			rev, err = c.limits.Update(ctx, key, val, st.rev)
-		}
+		rev, err := c.write(ctx, key, val, st.rev, c.ttl(expires))
+
 		if err == nil {
 			c.seen.put(key, kvState{n: n, rev: rev})
 			return nil
@@ -161,6 +174,32 @@ func (c *Client) update(ctx context.Context, key string, next func(int64) (int64
 		}
 		cached = false
 	}
+}
+
+// ttl is how long a count written now lives: until the token's expiry
+// plus KeepAfterExpiry, at least a second (NATS's resolution).
+func (c *Client) ttl(expires time.Time) time.Duration {
+	d := time.Until(expires) + c.keepAfterExpiry
+	if d < time.Second {
+		d = time.Second
+	}
+	return d.Round(time.Second)
+}
+
+// write stores a count at revision rev (0: the key must not exist) with a
+// per-message TTL. KeyValue.Update would drop the TTL the key was created
+// with, so updates are published as KeyValue.Update publishes them, with
+// the TTL header added.
+func (c *Client) write(ctx context.Context, key string, val []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	if rev == 0 {
+		return c.limits.Create(ctx, key, val, jetstream.KeyTTL(ttl))
+	}
+	pa, err := c.js.PublishMsg(ctx, &nats.Msg{Subject: "$KV." + LimitsBucket + "." + key, Data: val},
+		jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttl))
+	if err != nil {
+		return 0, err
+	}
+	return pa.Sequence, nil
 }
 
 // isConflict says whether a KV write lost a compare-and-set race (or

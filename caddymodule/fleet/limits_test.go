@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/asap-sidecar/asap-sidecar/internal/natstest"
 )
 
@@ -42,7 +44,7 @@ func TestTakeIsExactAcrossReplicas(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := replicas[i%3].Take(context.Background(), hashA, max)
+			_, err := replicas[i%3].Take(context.Background(), hashA, max, inAnHour)
 			switch {
 			case err == nil:
 				got.Add(1)
@@ -68,14 +70,14 @@ func TestReleaseGivesTheSlotBack(t *testing.T) {
 	n := natstest.Start(t)
 	a, b := connect(t, n.URL()), connect(t, n.URL())
 	ctx := context.Background()
-	s1, err := a.Take(ctx, hashA, 2)
+	s1, err := a.Take(ctx, hashA, 2, inAnHour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Take(ctx, hashA, 2); err != nil {
+	if _, err := b.Take(ctx, hashA, 2, inAnHour); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Take(ctx, hashA, 2); !errors.Is(err, ErrSpent) {
+	if _, err := b.Take(ctx, hashA, 2, inAnHour); !errors.Is(err, ErrSpent) {
 		t.Fatalf("third take: %v, want ErrSpent", err)
 	}
 	if err := s1.Release(ctx); err != nil {
@@ -87,13 +89,13 @@ func TestReleaseGivesTheSlotBack(t *testing.T) {
 	if c, _ := a.Count(ctx, hashA); c != 1 {
 		t.Fatalf("count after one release (twice) = %d, want 1", c)
 	}
-	s3, err := b.Take(ctx, hashA, 2)
+	s3, err := b.Take(ctx, hashA, 2, inAnHour)
 	if err != nil {
 		t.Fatalf("take after release: %v", err)
 	}
 	// A stale cached revision on a (b wrote last) costs a retry, not a
 	// wrong count.
-	if _, err := a.Take(ctx, hashA, 2); !errors.Is(err, ErrSpent) {
+	if _, err := a.Take(ctx, hashA, 2, inAnHour); !errors.Is(err, ErrSpent) {
 		t.Fatalf("take with a stale cache: %v, want ErrSpent", err)
 	}
 	var nilSlot *Slot
@@ -102,7 +104,7 @@ func TestReleaseGivesTheSlotBack(t *testing.T) {
 	}
 	_ = s3
 	// Other tokens are counted apart.
-	if _, err := a.Take(ctx, "other", 1); err != nil {
+	if _, err := a.Take(ctx, "other", 1, inAnHour); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := a.Count(ctx, "never-used"); c != 0 {
@@ -121,7 +123,7 @@ func TestTakeRefusesACorruptCount(t *testing.T) {
 	if _, err := c.limits.Put(ctx, limitKey(hashA), []byte("lots")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Take(ctx, hashA, 5); err == nil || errors.Is(err, ErrUnavailable) {
+	if _, err := c.Take(ctx, hashA, 5, inAnHour); err == nil || errors.Is(err, ErrUnavailable) {
 		t.Fatalf("take of a corrupt count: %v", err)
 	}
 }
@@ -132,17 +134,17 @@ func TestTakeWhileNATSIsDown(t *testing.T) {
 	n := natstest.Start(t)
 	c := connect(t, n.URL())
 	ctx := context.Background()
-	if _, err := c.Take(ctx, hashA, 5); err != nil {
+	if _, err := c.Take(ctx, hashA, 5, inAnHour); err != nil {
 		t.Fatal(err)
 	}
 	n.Stop()
-	if _, err := c.Take(ctx, hashA, 5); !errors.Is(err, ErrUnavailable) {
+	if _, err := c.Take(ctx, hashA, 5, inAnHour); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("take with NATS down: %v, want ErrUnavailable", err)
 	}
 	n.Start()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := c.Take(ctx, hashA, 5)
+		_, err := c.Take(ctx, hashA, 5, inAnHour)
 		if err == nil {
 			break
 		}
@@ -159,5 +161,44 @@ func TestTakeWhileNATSIsDown(t *testing.T) {
 func TestConnectNeedsAURL(t *testing.T) {
 	if _, err := Connect(Options{}); err == nil {
 		t.Fatal("connected without a URL")
+	}
+}
+
+var inAnHour = time.Now().Add(time.Hour)
+
+// A count lives until its token expires (plus KeepAfterExpiry): the bucket
+// does not keep every token ever used. Updates keep the TTL too.
+func TestCountsExpireWithTheirToken(t *testing.T) {
+	n := natstest.Start(t)
+	c := connect(t, n.URL())
+	c.keepAfterExpiry = 0
+	ctx := context.Background()
+	exp := time.Now().Add(time.Second)
+	if _, err := c.Take(ctx, hashA, 5, exp); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Take(ctx, hashA, 5, exp) // an update, not a create
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cnt, _ := c.Count(ctx, hashA); cnt != 2 {
+		t.Fatalf("count %d, want 2", cnt)
+	}
+	if _, err := c.Take(ctx, "long-lived", 5, inAnHour); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { cnt, err := c.Count(ctx, hashA); return err == nil && cnt == 0 })
+	if cnt, _ := c.Count(ctx, "long-lived"); cnt != 1 {
+		t.Fatalf("a token an hour from expiry lost its count: %d", cnt)
+	}
+	// A release after expiry finds nothing to give back and writes nothing.
+	if err := s.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.limits.Get(ctx, limitKey(hashA)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the release wrote the expired count back: %v", err)
+	}
+	if got := c.ttl(time.Now().Add(-time.Hour)); got != time.Second {
+		t.Fatalf("ttl of a past expiry %v, want the 1s floor", got)
 	}
 }
