@@ -623,7 +623,7 @@ func TestFleetUnreadableCredentials(t *testing.T) {
 		caddy.Stop()
 		t.Fatal("a config with an unreadable credentials file loaded")
 	}
-	if !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "fleet credentials") {
+	if !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "fleet: credentials") {
 		t.Fatalf("error does not name the file: %v", err)
 	}
 }

@@ -54,12 +54,6 @@ var (
 // client connects in the background.
 func startFleet(d *database, opts config.Fleet, logger *zap.Logger) (*fleetLink, error) {
 	logger = logger.Named("fleet")
-	if opts.Credentials != "" {
-		// Read now: NATS would only say so on every reconnect attempt.
-		if _, err := os.ReadFile(opts.Credentials); err != nil {
-			return nil, fmt.Errorf("fleet credentials: %w (give a NATS .creds file readable by the sidecar)", err)
-		}
-	}
 	origin, applied, err := fleetState(d.db)
 	if err != nil {
 		return nil, err

@@ -9,11 +9,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 )
 
@@ -77,11 +80,19 @@ func Connect(o Options) (*Client, error) {
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			logger.Warn("fleet: NATS connection lost; limited tokens follow on_unreachable, records wait in the outbox", zap.Error(err))
 		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			logger.Warn("fleet: NATS reported an error", zap.Error(err)) // e.g. an authorization violation
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("fleet: NATS connection back", zap.String("server", nc.ConnectedUrlRedacted()))
 		}),
 	}
 	if o.Credentials != "" {
+		// Checked now: with retries on, NATS would only fail each attempt
+		// in the background.
+		if err := checkCredentials(o.Credentials); err != nil {
+			return nil, err
+		}
 		opts = append(opts, nats.UserCredentials(o.Credentials))
 	}
 	nc, err := nats.Connect(o.URL, opts...)
@@ -94,6 +105,22 @@ func Connect(o Options) (*Client, error) {
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	return &Client{nc: nc, js: js, logger: logger, timeout: 2 * time.Second, keepAfterExpiry: KeepAfterExpiry}, nil
+}
+
+// checkCredentials reads a NATS .creds file as nats.UserCredentials will:
+// a user JWT and a user NKey seed.
+func checkCredentials(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("fleet: credentials: %w", err)
+	}
+	if jwt, err := nkeys.ParseDecoratedJWT(b); err != nil || jwt == "" || !strings.HasPrefix(jwt, "ey") {
+		return fmt.Errorf("fleet: credentials %s hold no user JWT; give the .creds file nsc or your NATS operator made", path)
+	}
+	if _, err := nkeys.ParseDecoratedUserNKey(b); err != nil {
+		return fmt.Errorf("fleet: credentials %s hold no user NKey seed: %v", path, err)
+	}
+	return nil
 }
 
 // Close drops the connection.
