@@ -44,6 +44,15 @@ type fleetRig struct {
 	ports      []int
 	options    string
 	fleetExtra string
+	// agent, when set, is the sidecars' upstream instead of the demo agent.
+	agent string
+}
+
+func (r *fleetRig) upstream() string {
+	if r.agent != "" {
+		return r.agent
+	}
+	return fmt.Sprintf("127.0.0.1:%d", r.ports[len(r.sidecars)+1])
 }
 
 // startFleetRig runs n sidecars with options in their asap blocks and
@@ -84,8 +93,8 @@ func (r *fleetRig) caddyfile() string {
 	fmt.Fprintf(&b, "{\n\tadmin %s\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n", r.admin)
 	var upstreams []string
 	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, ":%d {\n\tbind 127.0.0.1\n\tasap {\n\t\tagent urn:asap:agent:demo\n\t\tkey %s\n\t\tstorage %s\n\t\t%s\n\t\tfleet {\n\t\t\tnats %s\n\t\t\tname replica-%d\n\t\t\t%s\n\t\t}\n\t}\n\treverse_proxy 127.0.0.1:%d\n}\n",
-			r.ports[i], r.keyFile, r.dirs[i], r.options, r.nats.URL(), i, r.fleetExtra, r.ports[n+1])
+		fmt.Fprintf(&b, ":%d {\n\tbind 127.0.0.1\n\tasap {\n\t\tagent urn:asap:agent:demo\n\t\tkey %s\n\t\tstorage %s\n\t\t%s\n\t\tfleet {\n\t\t\tnats %s\n\t\t\tname replica-%d\n\t\t\t%s\n\t\t}\n\t}\n\treverse_proxy %s\n}\n",
+			r.ports[i], r.keyFile, r.dirs[i], r.options, r.nats.URL(), i, r.fleetExtra, r.upstream())
 		upstreams = append(upstreams, fmt.Sprintf("127.0.0.1:%d", r.ports[i]))
 	}
 	fmt.Fprintf(&b, ":%d {\n\tbind 127.0.0.1\n\treverse_proxy %s {\n\t\tlb_policy round_robin\n\t}\n}\n", r.ports[n], strings.Join(upstreams, " "))
@@ -626,4 +635,25 @@ func TestFleetUnreadableCredentials(t *testing.T) {
 	if !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "fleet: credentials") {
 		t.Fatalf("error does not name the file: %v", err)
 	}
+}
+
+// A call the agent never answered gives its fleet-wide slot back, as a
+// local one does: the count in the bucket returns to zero.
+func TestFleetUnansweredCallGivesItsSlotBack(t *testing.T) {
+	nats := natstest.Start(t)
+	rig := startFleetRig(t, 1, nats, "")
+	rig.agent = fmt.Sprintf("127.0.0.1:%d", freeport.Port(t)) // nothing listens there
+	rig.load()
+	m := rig.mint(1)
+	for i := 0; i < 3; i++ {
+		a := callWith(t, rig.sidecars[0], m.Chain, envelope(fmt.Sprintf("01JFLEETUA%018d", i), "echo", `{}`))
+		if a.Error == nil || a.Error.Code != protocol.CodeConnectionError {
+			t.Fatalf("call %d to a dead agent: %+v (a slot was kept for an unanswered call)", i, a.Error)
+		}
+	}
+	c := connectFleet(t, nats.URL())
+	waitFor(t, func() bool {
+		n, err := c.Count(context.Background(), delegation.HashOf(m.Token))
+		return err == nil && n == 0
+	})
 }

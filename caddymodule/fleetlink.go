@@ -248,18 +248,18 @@ func (f *fleetLink) warnLocal(err error) {
 	f.logger.Warn("fleet NATS unreachable: max_tasks counted by this sidecar alone (on_unreachable local)", zap.Error(err))
 }
 
-// releaseSlots gives fleet slots back without holding up the answer.
+// releaseSlots gives fleet slots back before the failed call is
+// answered, so a client retrying at once finds its slot free (one round
+// trip to NATS, on a call that failed anyway).
 func releaseSlots(slots []*fleet.Slot) {
 	if len(slots) == 0 {
 		return
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, s := range slots {
-			_ = s.Release(ctx) // unreachable: the slot stays counted, which errs on the safe side
-		}
-	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range slots {
+		_ = s.Release(ctx) // unreachable: the slot stays counted, which errs on the safe side
+	}
 }
 
 // FleetStatus is a database's fleet membership in GET /asap/status.

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -167,5 +169,42 @@ func TestWebSocketAnswerWaitsForItsRecord(t *testing.T) {
 	}
 	if e, ok := usageEvents(t, runningDB(t))[id]; ok {
 		t.Fatalf("usage stored without its audit entries: %+v", e)
+	}
+}
+
+// An agent that refuses the WebSocket handshake (here 403 with a body) is
+// reported to the client with the agent's status and a JSON-RPC error,
+// and nothing is recorded; one that answers 200 without switching gets
+// 502 from the sidecar, as an agent that did not accept.
+func TestWebSocketHandshakeRefusedByTheAgent(t *testing.T) {
+	status := http.StatusForbidden
+	var mu sync.Mutex
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(status)
+		fmt.Fprint(w, strings.Repeat("no sockets here ", 5000)) // more than the sidecar keeps
+	}))
+	defer agent.Close()
+	s := startSidecar(t, upstreamAddr(agent), "agent urn:asap:agent:demo")
+	url := strings.Replace(s.url, "http", "ws", 1) + "/asap/ws"
+	for _, tc := range []struct{ agentStatus, want int }{{http.StatusForbidden, http.StatusForbidden}, {http.StatusOK, http.StatusBadGateway}} {
+		mu.Lock()
+		status = tc.agentStatus
+		mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, resp, err := websocket.Dial(ctx, url, nil)
+		cancel()
+		if err == nil || resp == nil || resp.StatusCode != tc.want {
+			t.Fatalf("agent answering %d: dial err %v, response %+v; want HTTP %d", tc.agentStatus, err, resp, tc.want)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if a := decodeAnswer(t, b); a.Error == nil || a.Error.Data["reason"] != "agent_unreachable" {
+			t.Fatalf("agent answering %d: sidecar said %s", tc.agentStatus, b)
+		}
+	}
+	if c := countsOf(t, "urn:asap:agent:demo"); c.Forwarded != 0 {
+		t.Fatalf("a refused handshake was counted: %+v", c)
 	}
 }
