@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -274,5 +275,38 @@ func TestNATSServerJSONConfigIsValidated(t *testing.T) {
 	}
 	if err := (&NATSServerApp{Listen: DefaultNATSListen, MaxStore: -1}).Validate(); err == nil || !strings.Contains(err.Error(), "max_store") {
 		t.Errorf("negative max_store: error %v, want one naming max_store", err)
+	}
+}
+
+// Operators are warned when the server listens beyond loopback (it has no
+// authentication) and when a reload changes what only a restart applies.
+func TestNATSServerWarnings(t *testing.T) {
+	newNATSCaddy(t)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	store := t.TempDir()
+	port := freeport.Port(t)
+	load := func(name string) {
+		t.Helper()
+		cf := fmt.Sprintf("{\n\tadmin off\n\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel WARN\n\t}\n\tnats_server {\n\t\tlisten 0.0.0.0:%d\n\t\tstore %s\n\t\tname %s\n\t}\n}\n", logFile, port, store, name)
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := caddy.Load(cfg, true); err != nil {
+			t.Fatalf("loading: %v", err)
+		}
+	}
+	load("first")
+	load("second")
+
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := string(b)
+	for _, want := range []string{"listens beyond loopback and has no authentication", "apply when the server starts anew", `"running_name":"first"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log lacks %q:\n%s", want, log)
+		}
 	}
 }

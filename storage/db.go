@@ -179,6 +179,10 @@ func open(opts Options, d deps) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: opening Badger in %s: %w (is another sidecar using this directory?)", opts.Dir, err)
 	}
+	if err := checkFormat(bdb, opts.Dir, opts.ReadOnly); err != nil {
+		bdb.Close()
+		return nil, err
+	}
 	db := &DB{
 		bdb:    bdb,
 		dir:    opts.Dir,
