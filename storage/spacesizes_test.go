@@ -35,7 +35,7 @@ func TestSpaceSizes(t *testing.T) {
 	}
 	want := []SpaceSize{
 		{Space: SpaceAudit, Keys: 1, Bytes: 12},
-		{Space: SpaceMeta, Keys: 1, Bytes: 7 + 8},                      // the format version
+		{Space: SpaceMeta, Keys: 1, Bytes: 7 + 8},                     // the format version
 		{Space: SpaceUsage, Keys: 1, Bytes: 6, StaleBytes: 8 + 3 + 4}, // old k1, k2's tombstone, old k2
 	}
 	if !reflect.DeepEqual(got, want) {
