@@ -74,6 +74,9 @@ func TestShowcaseStepsCatchABypassedGuard(t *testing.T) {
 	}
 	guarded := sc.sidecarURL
 	sc.sidecarURL = sc.agentURL // around the guard
+	if _, err := s.stepRoot(ctx); err == nil {
+		t.Fatal("the root step passed with the guard bypassed (a forged token reached the agent)")
+	}
 	if _, err := s.stepLimit(ctx); err == nil || !strings.Contains(err.Error(), "let through") {
 		t.Fatalf("the limit step with the guard bypassed: %v", err)
 	}
