@@ -665,3 +665,30 @@ func TestInspectTimesSayHowFar(t *testing.T) {
 		}
 	}
 }
+
+// Finding the admin API from --config names what went wrong with it.
+func TestAdminAddressFromABadConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(bad, []byte("{\n\tadmin\n"), 0o600); err != nil { // unterminated block
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", filepath.Join(dir, "missing")}, "--config: "},
+		{[]string{"--config", bad, "--adapter", "yaml-ish"}, `unknown config adapter "yaml-ish"`},
+		{[]string{"--config", bad}, "--config " + bad},
+	} {
+		if _, err := adminAddress(cmdFlags(t, "status", tc.args...)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if got := adminSource(cmdFlags(t, "status")); !strings.Contains(got, "neither --address nor --config") {
+		t.Errorf("adminSource without flags: %q", got)
+	}
+	if got := adminSource(cmdFlags(t, "status", "--config", bad)); got != "from --config "+bad {
+		t.Errorf("adminSource with --config: %q", got)
+	}
+}
