@@ -84,7 +84,32 @@ func startFleetRig(t testing.TB, n int, nats *natstest.Server, options string, f
 			t.Errorf("stopping caddy: %v", err)
 		}
 	})
+	r.waitReady()
 	return r
+}
+
+// waitReady waits until every sidecar set its fleet streams up (its
+// revocation follower does at start): on a loaded machine that can take
+// seconds, and a limited token meets fleet_unavailable until then.
+func (r *fleetRig) waitReady() {
+	r.t.Helper()
+	app, err := runningApp()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, dir := range r.dirs {
+		d, err := app.stores[dir].Wait(context.Background(), 10*time.Second)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		for !d.fleet.client.Ready() {
+			if time.Now().After(deadline) {
+				r.t.Fatalf("the fleet sidecar on %s did not set its streams up within 30s", dir)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 func (r *fleetRig) caddyfile() string {

@@ -65,10 +65,7 @@ func BenchmarkTakeContended(b *testing.B) {
 func BenchmarkCollectorIngest(b *testing.B) {
 	n := natstest.Start(b)
 	pub := connect(b, n.URL())
-	ctx := context.Background()
-	if err := pub.setup(ctx); err != nil {
-		b.Fatal(err)
-	}
+	ready(b, pub)
 	o := &origin{id: "bench"}
 	for i := 0; i < b.N; i++ {
 		m, err := o.use("urn:asap:agent:client", fmt.Sprintf("env-%d", i), i).Message()

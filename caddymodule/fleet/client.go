@@ -131,6 +131,14 @@ func (c *Client) Close() {
 // Connected says whether NATS is reachable right now.
 func (c *Client) Connected() bool { return c.nc.IsConnected() }
 
+// Ready says whether the fleet's streams and bucket were set up (they are
+// on first use, retried until it succeeds).
+func (c *Client) Ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
 // setup creates the streams and buckets the fleet uses, once; it is
 // retried by every operation until it succeeds, so a fleet whose NATS
 // starts after the sidecars needs nothing more.

@@ -149,9 +149,7 @@ func TestCollectorDeduplicatesOnOriginAgentConsumerAndEnvelope(t *testing.T) {
 	n := natstest.Start(t)
 	pub := connect(t, n.URL())
 	ctx := context.Background()
-	if err := pub.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ready(t, pub)
 	a, b := &origin{id: "a"}, &origin{id: "b"}
 	publish := func(u Usage, id string) {
 		t.Helper()
@@ -197,9 +195,7 @@ func TestCollectorRedeliveryAfterALostAckCountsOnce(t *testing.T) {
 	opts := CollectorOptions{AckWait: 300 * time.Millisecond}
 	crashed := newCollector(t, n.URL(), db, opts)
 	ctx := context.Background()
-	if err := crashed.c.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ready(t, crashed.c)
 	cons, err := crashed.consumer(ctx, UsageStream)
 	if err != nil {
 		t.Fatal(err)
@@ -332,9 +328,7 @@ func TestCollectorSkipsMalformedMessages(t *testing.T) {
 	n := natstest.Start(t)
 	pub := connect(t, n.URL())
 	ctx := context.Background()
-	if err := pub.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ready(t, pub)
 	for _, m := range []struct{ subject, data string }{
 		{UsageSubjectPrefix + "x", "not json"},
 		{UsageSubjectPrefix + "x", `{"event":{"task_id":"t","timestamp":"2026-01-01T00:00:00Z"}}`}, // no origin

@@ -152,9 +152,7 @@ func TestFollowResumesRetriesAndSkipsMalformed(t *testing.T) {
 	n := natstest.Start(t)
 	c := connect(t, n.URL())
 	ctx := context.Background()
-	if err := c.setup(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ready(t, c)
 	for _, jti := range []string{"del_1", "del_2"} {
 		m, _ := rev(jti).Message()
 		if _, err := c.js.Publish(ctx, m.Subject, m.Data); err != nil {
@@ -178,9 +176,7 @@ func TestFollowResumesRetriesAndSkipsMalformed(t *testing.T) {
 func TestOutboxKeepsRevocationsThroughAnOutage(t *testing.T) {
 	n := natstest.Start(t)
 	pub, sub := connect(t, n.URL()), connect(t, n.URL())
-	if err := pub.setup(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	ready(t, pub)
 	db := openDB(t)
 	o, _ := OpenOutbox(db, 0, nil)
 	got := newReceived()
