@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -85,5 +86,30 @@ func TestCorruptAgentKeyNamesTheFile(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(keyFile); string(b) != "not a key" {
 		t.Fatal("the corrupt key file was overwritten")
+	}
+}
+
+// Without a storage option the database lives in Caddy's data directory
+// (+ /asap), as documented.
+func TestDefaultStorageIsCaddysDataDir(t *testing.T) {
+	data := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	s := newSidecar(t, "", "", "")
+	cf := fmt.Sprintf("{\n\tadmin %s\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n:%d {\n\tbind 127.0.0.1\n\tasap {\n\t\tdelegation off\n\t}\n\trespond 204\n}\n", s.adminAddr, s.ports[0])
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	want := filepath.Join(data, "caddy", "asap")
+	var st Status
+	if code := getJSON(t, "http://"+s.adminAddr+"/asap/status", &st); code != 200 || len(st.Agents) != 1 || st.Agents[0].Storage != want {
+		t.Fatalf("status %d %+v, want storage %s", code, st.Agents, want)
+	}
+	if _, err := os.Stat(filepath.Join(want, "MANIFEST")); err != nil {
+		t.Fatalf("no database in %s: %v", want, err)
 	}
 }
