@@ -227,9 +227,12 @@ func TestAvailabilityBreachFromHealthChecks(t *testing.T) {
 
 func TestUnreachableAgentCountsAsDown(t *testing.T) {
 	dead := fmt.Sprintf("127.0.0.1:%d", freeport.Port(t))
-	s := startSLASidecar(t, dead, fmt.Sprintf("agent urn:asap:agent:demo\nsla {\n\tavailability 99%%\n\thealth_interval 100ms\n\tmin_samples 3\n\thealth_url http://%s/.well-known/asap/health\n}", dead))
+	// 30 samples at 100ms: the breach opens about 3s after the start, after
+	// the subscription below even on a loaded machine (with 3 samples it
+	// once opened before the subscriber was there, and its push was missed).
+	s := startSLASidecar(t, dead, fmt.Sprintf("agent urn:asap:agent:demo\nsla {\n\tavailability 99%%\n\thealth_interval 100ms\n\tmin_samples 30\n\thealth_url http://%s/.well-known/asap/health\n}", dead))
 	conn, ctx := subscribeWS(t, s)
-	n, _ := readNotification(t, ctx, conn, 10*time.Second)
+	n, _ := readNotification(t, ctx, conn, 25*time.Second)
 	if n.Method != "sla.breach" || n.Params.Breach.BreachType != "availability" || n.Params.Breach.Severity != "critical" || n.Params.Breach.Actual != "0.0%" {
 		t.Fatalf("notification %+v", n)
 	}
