@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/coder/websocket"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -403,6 +404,15 @@ func TestFleetBacklogIsBoundedAndVisible(t *testing.T) {
 	}
 	nats := natstest.Start(t)
 	rig := startFleetRig(t, 1, nats, "delegation off", "max_backlog 1000")
+	// A socket opened before the outbox fills: its frames meet the bound
+	// too, not only new handshakes.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, strings.Replace(rig.sidecars[0], "http", "ws", 1)+"/asap/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
 	nats.Stop()
 	var wg sync.WaitGroup
 	for w := 0; w < 8; w++ {
@@ -421,6 +431,12 @@ func TestFleetBacklogIsBoundedAndVisible(t *testing.T) {
 	resp, b := post(t, rig.sidecars[0]+"/asap", rpc("r", envelope("01JFLEETBL999999999999999999", "echo", `{}`)))
 	if a := decodeAnswer(t, b); resp.StatusCode != http.StatusServiceUnavailable || a.Error == nil || a.Error.Data["reason"] != "fleet_backlog_full" {
 		t.Fatalf("call with the outbox full: %d %s", resp.StatusCode, b)
+	}
+	if err := ws.Write(ctx, websocket.MessageText, []byte(rpc("w", envelope("01JFLEETBL999999999999999997", "echo", `{}`)))); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := ws.Read(ctx); err != nil || decodeAnswer(t, msg).Error == nil || decodeAnswer(t, msg).Error.Data["reason"] != "fleet_backlog_full" {
+		t.Fatalf("a frame with the outbox full: %s %v", msg, err)
 	}
 	var st Status
 	getJSON(t, "http://"+rig.admin+"/asap/status", &st)

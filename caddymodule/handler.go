@@ -250,11 +250,17 @@ func (h *Handler) storageUnavailable(w http.ResponseWriter, err error, id json.R
 // backlogFull refuses a call while the fleet outbox is at its bound: the
 // agent is not called, so nothing runs that could not be recorded.
 func (h *Handler) backlogFull(w http.ResponseWriter, d *database, id json.RawMessage) error {
+	w.Header().Set("Retry-After", "5")
+	return writeJSON(w, http.StatusServiceUnavailable, h.backlogError(d).WithID(id).JSON())
+}
+
+// backlogError is the answer of a call refused while the fleet outbox is
+// full, on any transport.
+func (h *Handler) backlogError(d *database) *protocol.Error {
 	h.logger.Warn("call refused: fleet outbox full", zap.String("dir", h.rt.store.Dir()),
 		zap.Int64("backlog", d.fleet.outbox.Backlog()), zap.Bool("nats_connected", d.fleet.client.Connected()), zap.Error(errBacklogFull))
-	w.Header().Set("Retry-After", "5")
-	return writeJSON(w, http.StatusServiceUnavailable, protocol.NewError(protocol.CodeInternalError, "fleet_backlog_full",
-		"the sidecar cannot reach the fleet's NATS and its outbox is full; retry later").WithID(id).JSON())
+	return protocol.NewError(protocol.CodeInternalError, "fleet_backlog_full",
+		"the sidecar cannot reach the fleet's NATS and its outbox is full; retry later")
 }
 
 // detachedLimit bounds how long a call goes on after its client left.

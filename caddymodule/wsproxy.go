@@ -246,6 +246,16 @@ func (s *wsSession) frame(ctx context.Context, msg []byte) bool {
 			return s.send(ctx, answer)
 		}
 	}
+	if f := s.db.fleet; f != nil && f.outbox.Full() {
+		// As on POST: nothing runs that could not be recorded.
+		e := h.backlogError(s.db)
+		for i := range req.Calls {
+			if req.Calls[i].Err == nil {
+				req.Calls[i].Err = e.WithID(req.Calls[i].ID)
+			}
+		}
+		return s.send(ctx, localAnswer(req))
+	}
 	s.refusePendingIDs(req)
 	grants, ids := h.admit(s.r, s.db, req)
 	h.rt.rejections.countCalls(req)
