@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/delegation"
 )
 
@@ -28,6 +31,10 @@ func scrape(t *testing.T, admin string) map[string]float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET /metrics: %s: %.500s", resp.Status, b)
+	}
 	m := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
@@ -260,5 +267,42 @@ func TestOperatorMetricsPresentFromStartAndMove(t *testing.T) {
 	}
 	if open, _ := sum(m3, "asap_sla_open_breaches"+agentLabel); open < 1 {
 		t.Fatalf("asap_sla_open_breaches sums to %v after the breach", open)
+	}
+}
+
+// One agent URN behind two sites with their own storage (say, one per
+// listener) has two SLA trackers: their gauges must be told apart by
+// storage directory, or the registry refuses the whole scrape.
+func TestMetricsScrapeWithOneAgentInTwoStorages(t *testing.T) {
+	s := newSidecar(t, "", "", "")
+	upstream, _ := demoAgentServer(t)
+	const agent = "urn:asap:agent:twice"
+	dirA, dirB := s.dir+"/a", s.dir+"/b"
+	site := func(port int, dir string) string {
+		return fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tasap {\n\t\tagent %s\n\t\tstorage %s\n\t\tdelegation off\n\t}\n\treverse_proxy %s\n}\n",
+			port, agent, dir, upstream)
+	}
+	caddyfile := fmt.Sprintf("{\n\tadmin %s\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n", s.adminAddr) + site(s.ports[0], dirA) + site(s.ports[1], dirB)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+
+	m := scrape(t, s.adminAddr)
+	for _, dir := range []string{dirA, dirB} {
+		for _, series := range []string{
+			`asap_sla_latency_p95_ms{agent="` + agent + `",dir="` + dir + `",window="1h"}`,
+			`asap_sla_error_rate_percent{agent="` + agent + `",dir="` + dir + `",window="24h"}`,
+			`asap_sla_uptime_percent{agent="` + agent + `",dir="` + dir + `",window="1h"}`,
+			`asap_sla_open_breaches{agent="` + agent + `",dir="` + dir + `",severity="critical",type="latency"}`,
+		} {
+			if _, ok := m[series]; !ok {
+				t.Errorf("no series %s", series)
+			}
+		}
 	}
 }

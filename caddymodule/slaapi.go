@@ -66,14 +66,16 @@ func (s slaService) Subscribe() (<-chan api.Notice, func()) {
 }
 
 // slaCollector exports the SLIs of every live tracker at scrape time, so
-// the gauges never lag and survive reloads with the trackers.
+// the gauges never lag and survive reloads with the trackers. They are
+// labelled with the storage directory as well as the agent: one agent may
+// be served from two storages, and series must not collide.
 type slaCollector struct{}
 
 var (
-	slaP95Desc    = prometheus.NewDesc("asap_sla_latency_p95_ms", "p95 of task durations over the window, in ms.", []string{"agent", "window"}, nil)
-	slaErrorDesc  = prometheus.NewDesc("asap_sla_error_rate_percent", "Failed share of tasks over the window.", []string{"agent", "window"}, nil)
-	slaUptimeDesc = prometheus.NewDesc("asap_sla_uptime_percent", "Share of successful health checks over the window.", []string{"agent", "window"}, nil)
-	slaOpenDesc   = prometheus.NewDesc("asap_sla_open_breaches", "SLA breaches open now.", []string{"agent", "type", "severity"}, nil)
+	slaP95Desc    = prometheus.NewDesc("asap_sla_latency_p95_ms", "p95 of task durations over the window, in ms.", []string{"agent", "dir", "window"}, nil)
+	slaErrorDesc  = prometheus.NewDesc("asap_sla_error_rate_percent", "Failed share of tasks over the window.", []string{"agent", "dir", "window"}, nil)
+	slaUptimeDesc = prometheus.NewDesc("asap_sla_uptime_percent", "Share of successful health checks over the window.", []string{"agent", "dir", "window"}, nil)
+	slaOpenDesc   = prometheus.NewDesc("asap_sla_open_breaches", "SLA breaches open now.", []string{"agent", "dir", "type", "severity"}, nil)
 )
 
 var (
@@ -89,14 +91,14 @@ func (slaCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (slaCollector) Collect(ch chan<- prometheus.Metric) {
-	liveTrackers.Range(func(_, v any) bool {
-		t := v.(*sla.Tracker)
+	liveTrackers.Range(func(k, v any) bool {
+		t, dir := k.(*sla.Tracker), v.(string)
 		agent := t.Config().Agent
 		for _, name := range []string{"1h", "24h"} {
 			m, _ := t.Window(api.Windows[name])
-			ch <- prometheus.MustNewConstMetric(slaP95Desc, prometheus.GaugeValue, float64(m.LatencyP95MS), agent, name)
-			ch <- prometheus.MustNewConstMetric(slaErrorDesc, prometheus.GaugeValue, m.ErrorRatePercent, agent, name)
-			ch <- prometheus.MustNewConstMetric(slaUptimeDesc, prometheus.GaugeValue, m.UptimePercent, agent, name)
+			ch <- prometheus.MustNewConstMetric(slaP95Desc, prometheus.GaugeValue, float64(m.LatencyP95MS), agent, dir, name)
+			ch <- prometheus.MustNewConstMetric(slaErrorDesc, prometheus.GaugeValue, m.ErrorRatePercent, agent, dir, name)
+			ch <- prometheus.MustNewConstMetric(slaUptimeDesc, prometheus.GaugeValue, m.UptimePercent, agent, dir, name)
 		}
 		// Every type and severity from the start, at 0 until a breach:
 		// alert rules need no absent().
@@ -110,7 +112,7 @@ func (slaCollector) Collect(ch chan<- prometheus.Metric) {
 			counts[[2]string{b.BreachType, b.Severity}]++
 		}
 		for k, n := range counts {
-			ch <- prometheus.MustNewConstMetric(slaOpenDesc, prometheus.GaugeValue, float64(n), agent, k[0], k[1])
+			ch <- prometheus.MustNewConstMetric(slaOpenDesc, prometheus.GaugeValue, float64(n), agent, dir, k[0], k[1])
 		}
 		return true
 	})

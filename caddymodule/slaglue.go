@@ -77,7 +77,7 @@ func (sh *database) tracker(cfg sla.Config, sink *alertSink) (*sla.Tracker, erro
 	}
 	e.tr = tr
 	sh.slas.byID[cfg.Agent] = e
-	liveTrackers.Store(tr, tr)
+	liveTrackers.Store(tr, sh.db.Dir())
 	return tr, nil
 }
 
@@ -363,6 +363,6 @@ func (rt *agentRuntime) slaLoop(stop <-chan struct{}) {
 	}
 }
 
-// liveTrackers are every open tracker of the process, for the metrics
-// collector.
+// liveTrackers are every open tracker of the process (key) with its
+// storage directory (value), for the metrics collector.
 var liveTrackers sync.Map
