@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/asap-sidecar/asap-sidecar/caddymodule/protocol"
-	"github.com/asap-sidecar/asap-sidecar/storage"
 )
 
 // exchange is one request's calls on their way through the sidecar,
@@ -80,9 +79,5 @@ func (h *Handler) record(ctx context.Context, x *exchange) error {
 		return nil
 	}
 	x.recorded = true
-	pending := h.persist(x.db, recs, x.ids)
-	if h.durability != storage.Strict {
-		return nil
-	}
-	return pending.Wait(ctx)
+	return h.persist(ctx, x.db, recs, x.ids)
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -173,9 +174,11 @@ func usageRecord(e *metering.Event) audit.Record {
 
 // persist hands the records to the commit pipeline: delegation counts,
 // outcome counters, usage events and audit entries go in one transaction.
+// Strict: it returns once they are on disk, with the outcome. Relaxed: it
+// returns at once, and the client does not wait for the commit.
 // Prometheus sees an event once its write is done, and a deduplicated
 // retry never.
-func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *storage.Pending {
+func (h *Handler) persist(ctx context.Context, d *database, recs []callRecord, ids []callIdentity) error {
 	meter := h.rt.usage(d)
 	log := d.audit
 	recorded := make([]bool, len(recs))
@@ -238,5 +241,9 @@ func (h *Handler) persist(d *database, recs []callRecord, ids []callIdentity) *s
 			}
 		}
 	}
-	return d.db.SubmitThen(h.durability, write, then)
+	if h.durability == storage.Strict {
+		return d.db.CommitThen(ctx, storage.Strict, write, then)
+	}
+	d.db.SubmitThen(h.durability, write, then)
+	return nil
 }

@@ -203,8 +203,28 @@ func (db *DB) commitLoop() {
 			return
 		}
 		batch = db.gather(batch)
-		db.commitGroup(batch)
+		db.commitBatch(batch)
 	}
+}
+
+// commitBatch commits writes taken from the queue and hands the strict
+// ones to the syncer.
+func (db *DB) commitBatch(batch []*pending) {
+	db.commitMu.Lock()
+	strict := db.commitGroup(batch)
+	db.commitMu.Unlock()
+	db.queued.Add(-int64(len(batch)))
+	db.toSyncer(strict)
+}
+
+// toSyncer hands committed strict writes to the syncer, which makes them
+// durable while the commit loop goes on committing the next group.
+func (db *DB) toSyncer(strict []*pending) {
+	if len(strict) == 0 {
+		return
+	}
+	db.unsynced.Add(int64(len(strict)))
+	db.syncQ <- strict
 }
 
 func (db *DB) gather(batch []*pending) []*pending {
@@ -226,11 +246,15 @@ func (db *DB) drain(batch []*pending) {
 		if len(batch) == 0 {
 			return
 		}
-		db.commitGroup(batch)
+		db.commitBatch(batch)
 	}
 }
 
-func (db *DB) commitGroup(batch []*pending) {
+// commitGroup runs the writers of batch in one transaction (split when it
+// grows past Badger's limits) and commits. Relaxed writers are released;
+// the strict writers of the last transaction are returned, committed and
+// waiting for a sync, and those of earlier ones go to the syncer.
+func (db *DB) commitGroup(batch []*pending) []*pending {
 	// Leave Badger headroom: our size estimate is approximate.
 	maxSize := db.bdb.MaxBatchSize() * 8 / 10
 	maxCount := db.bdb.MaxBatchCount() * 8 / 10
@@ -258,7 +282,7 @@ func (db *DB) commitGroup(batch []*pending) {
 			// This writer does not fit: commit the group so far and give
 			// it a fresh transaction. Its function already ran against
 			// the old one; rerun it so its reads see the committed state.
-			db.finishTxn(txn, inTxn)
+			db.toSyncer(db.finishTxn(txn, inTxn))
 			txn = db.bdb.NewTransaction(true)
 			inTxn, size, count = inTxn[:0], 0, 0
 			tx = &Tx{txn: txn}
@@ -287,15 +311,16 @@ func (db *DB) commitGroup(batch []*pending) {
 		size += int64(tx.size)
 		count += int64(len(tx.ops))
 	}
-	db.finishTxn(txn, inTxn)
+	return db.finishTxn(txn, inTxn)
 }
 
-// finishTxn commits txn, syncs when any writer asked for strict
-// durability, and releases the writers.
-func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
+// finishTxn commits txn and releases its relaxed writers (and every
+// writer, when the commit fails). It returns the strict writers, which
+// are released once a sync has made them durable.
+func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) []*pending {
 	if len(writers) == 0 {
 		txn.Discard()
-		return
+		return nil
 	}
 	if err := txn.Commit(); err != nil {
 		db.logger.Error("committing write group", zap.Int("writers", len(writers)), zap.Error(err))
@@ -303,7 +328,7 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 		for _, p := range writers {
 			p.finish(err)
 		}
-		return
+		return nil
 	}
 	if o := db.opts.Observer; o != nil {
 		o.CommitGroup(len(writers))
@@ -326,11 +351,7 @@ func (db *DB) finishTxn(txn *badger.Txn, writers []*pending) {
 			p.finish(nil)
 		}
 	}
-	if len(strict) > 0 {
-		// The syncer makes them durable while this loop goes on
-		// committing the next group.
-		db.syncQ <- strict
-	}
+	return strict
 }
 
 // syncLoop makes committed strict writes durable. It takes every group
@@ -353,18 +374,24 @@ func (db *DB) syncLoop() {
 				break gather
 			}
 		}
-		// Every group here was committed before this Sync starts, and
-		// none is released before it returns.
-		err := db.syncFn()
-		if err != nil {
-			db.logger.Error("syncing committed writes", zap.Error(err))
-			err = fmt.Errorf("storage: sync: %w", err)
+		db.syncAndRelease(groups)
+	}
+}
+
+// syncAndRelease syncs and then releases groups of strict writes. Every
+// group was committed before the sync starts, and none is released
+// before it returns.
+func (db *DB) syncAndRelease(groups [][]*pending) {
+	err := db.syncFn()
+	if err != nil {
+		db.logger.Error("syncing committed writes", zap.Error(err))
+		err = fmt.Errorf("storage: sync: %w", err)
+	}
+	for _, g := range groups {
+		for _, p := range g {
+			p.finish(err)
 		}
-		for _, g := range groups {
-			for _, p := range g {
-				p.finish(err)
-			}
-		}
+		db.unsynced.Add(-int64(len(g)))
 	}
 }
 
