@@ -235,10 +235,16 @@ func (d *decoder) bytes() []byte {
 // before it, the first from the stored prev hash.
 func (b *block) chain() [][sha256.Size]byte {
 	out := make([][sha256.Size]byte, len(b.items))
-	prev := hex.EncodeToString(b.prev)
+	var prev [2 * sha256.Size]byte
+	prevHex := prev[:hex.Encode(prev[:], b.prev)]
+	size := 0
+	for _, it := range b.items {
+		size = max(size, len(it.details))
+	}
+	buf := make([]byte, 0, len(prev)+len(b.ts)+size+64)
 	for i, it := range b.items {
-		out[i] = chainSum(prev, b.ts, it.op, it.details)
-		prev = hex.EncodeToString(out[i][:])
+		out[i] = chainSumBytes(buf, prevHex, b.ts, it.op, it.details)
+		prevHex = prev[:hex.Encode(prev[:], out[i][:])]
 	}
 	return out
 }

@@ -90,17 +90,22 @@ func ChainHash(prevHash, timestamp, operation string, canonicalDetails []byte) s
 }
 
 // chainSum is ChainHash before hex encoding.
-func chainSum(prevHash, timestamp, operation string, canonicalDetails []byte) (sum [sha256.Size]byte) {
-	h := sha256.New()
-	h.Write([]byte(prevHash))
-	h.Write([]byte{'|'})
-	h.Write([]byte(timestamp))
-	h.Write([]byte{'|'})
-	h.Write([]byte(operation))
-	h.Write([]byte{'|'})
-	h.Write(canonicalDetails)
-	h.Sum(sum[:0])
-	return sum
+func chainSum(prevHash, timestamp, operation string, canonicalDetails []byte) [sha256.Size]byte {
+	return chainSumBytes(nil, []byte(prevHash), timestamp, operation, canonicalDetails)
+}
+
+// chainSumBytes is chainSum with the previous hash as hex bytes, hashing
+// one message assembled in buf (grown as needed): no hasher or string
+// copies per entry on the append path.
+func chainSumBytes(buf, prevHex []byte, timestamp, operation string, canonicalDetails []byte) [sha256.Size]byte {
+	buf = append(buf[:0], prevHex...)
+	buf = append(buf, '|')
+	buf = append(buf, timestamp...)
+	buf = append(buf, '|')
+	buf = append(buf, operation...)
+	buf = append(buf, '|')
+	buf = append(buf, canonicalDetails...)
+	return sha256.Sum256(buf)
 }
 
 // Recompute returns the hash e should have given its own fields.
