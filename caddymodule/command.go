@@ -123,14 +123,18 @@ func adminRequest(fl caddycmd.Flags, method, uri string, body []byte) (*http.Res
 	}
 	resp, err := caddycmd.AdminAPIRequest(addr, method, uri, nil, rd)
 	if err != nil {
-		// Caddy's "HTTP <status>: <message>" is an answer; anything
-		// else means no sidecar answered at addr.
-		if !strings.HasPrefix(err.Error(), "HTTP ") {
+		// Caddy says "caddy responded with error: HTTP <status>: <body>"
+		// for an answer; anything else means no sidecar answered at addr.
+		_, answer, answered := strings.Cut(err.Error(), "responded with error: ")
+		if !answered {
 			return nil, fmt.Errorf("no sidecar answered at %s (%s): %w\n(is it running? give its admin address with --address HOST:PORT (a unix socket: --address unix//PATH), "+
 				"or its config with --config FILE to read the address from; for a stopped sidecar use --db DIR where the command has it)",
 				addr, adminSource(fl), err)
 		}
-		return nil, fmt.Errorf("asking the sidecar at %s: %w", addr, err)
+		if strings.Contains(answer, "?storage=DIR") {
+			answer += "\n(the sidecar runs several asap blocks: pick one with --storage DIR)"
+		}
+		return nil, fmt.Errorf("the sidecar at %s answered %s", addr, answer)
 	}
 	return resp, nil
 }

@@ -154,6 +154,27 @@ func TestUnreachableAdminNamesTheFlags(t *testing.T) {
 	}
 }
 
+// A sidecar that answers with an error did answer: the command passes its
+// message on instead of saying nobody is there.
+func TestAdminErrorAnswerIsNotUnreachable(t *testing.T) {
+	s, dirA, _ := startTwoStorages(t, "urn:asap:agent:twice")
+	_, _, err := run(t, cmdDelegationList, "delegation list", "--address", s.adminAddr)
+	if err == nil {
+		t.Fatal("no error from a sidecar with two storages and no --storage")
+	}
+	for _, want := range []string{"the sidecar at " + s.adminAddr + " answered", "400", "name the database with ?storage=DIR", "--storage"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q lacks %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "no sidecar answered") {
+		t.Errorf("%q says nobody answered", err)
+	}
+	if _, _, err := run(t, cmdDelegationList, "delegation list", "--address", s.adminAddr, "--storage", dirA); err != nil {
+		t.Fatalf("with --storage: %v", err)
+	}
+}
+
 func TestSinceAndUntilTakeDayNames(t *testing.T) {
 	withClock(t, time.Date(2026, 3, 10, 15, 4, 5, 0, time.FixedZone("CET", 3600)))
 	for _, tc := range []struct {

@@ -270,14 +270,13 @@ func TestOperatorMetricsPresentFromStartAndMove(t *testing.T) {
 	}
 }
 
-// One agent URN behind two sites with their own storage (say, one per
-// listener) has two SLA trackers: their gauges must be told apart by
-// storage directory, or the registry refuses the whole scrape.
-func TestMetricsScrapeWithOneAgentInTwoStorages(t *testing.T) {
-	s := newSidecar(t, "", "", "")
+// startTwoStorages runs one agent URN behind two sites with their own
+// storage (say, one per listener), proxying to the demo agent.
+func startTwoStorages(t *testing.T, agent string) (s *sidecar, dirA, dirB string) {
+	t.Helper()
+	s = newSidecar(t, "", "", "")
 	upstream, _ := demoAgentServer(t)
-	const agent = "urn:asap:agent:twice"
-	dirA, dirB := s.dir+"/a", s.dir+"/b"
+	dirA, dirB = s.dir+"/a", s.dir+"/b"
 	site := func(port int, dir string) string {
 		return fmt.Sprintf(":%d {\n\tbind 127.0.0.1\n\tasap {\n\t\tagent %s\n\t\tstorage %s\n\t\tdelegation off\n\t}\n\treverse_proxy %s\n}\n",
 			port, agent, dir, upstream)
@@ -291,7 +290,15 @@ func TestMetricsScrapeWithOneAgentInTwoStorages(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
+	return s, dirA, dirB
+}
 
+// One agent URN in two storages has two SLA trackers: their gauges must
+// be told apart by storage directory, or the registry refuses the whole
+// scrape.
+func TestMetricsScrapeWithOneAgentInTwoStorages(t *testing.T) {
+	const agent = "urn:asap:agent:twice"
+	s, dirA, dirB := startTwoStorages(t, agent)
 	m := scrape(t, s.adminAddr)
 	for _, dir := range []string{dirA, dirB} {
 		for _, series := range []string{
