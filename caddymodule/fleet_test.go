@@ -698,3 +698,101 @@ func TestFleetUnansweredCallGivesItsSlotBack(t *testing.T) {
 		return err == nil && n == 0
 	})
 }
+
+// The fleet-wide max_tasks holds whatever carries the calls: WebSocket
+// frames on sockets spread over the replicas, mixed with POSTs, pass
+// exactly max_tasks times in all.
+func TestFleetMaxTasksExactOverWebSocketAndHTTP(t *testing.T) {
+	rig := startFleetRig(t, 3, natstest.Start(t), "")
+	token := rig.mint(20).Chain
+	const sockets, frames, posts = 6, 6, 28 // 64 calls
+	var mu sync.Mutex
+	ok, limited := map[string]int{}, 0
+	var problems []string
+	tally := func(via string, a rpcAnswer) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case a.Result != nil:
+			ok[via]++
+		case a.Error != nil && a.Error.Code == protocol.CodeTokenLimitSpent && a.Error.Data["reason"] == "max_tasks_reached":
+			limited++
+		default:
+			problems = append(problems, fmt.Sprintf("%s: unexpected answer %+v", via, a.Error))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for s := 0; s < sockets; s++ {
+		// Each handshake is balanced to a replica of its own.
+		conn, _, err := websocket.Dial(ctx, strings.Replace(rig.lb, "http", "ws", 1)+"/asap/ws",
+			&websocket.DialOptions{HTTPHeader: http.Header{delegation.Header: {token}}})
+		if err != nil {
+			t.Fatalf("socket %d: %v", s, err)
+		}
+		defer conn.CloseNow()
+		wg.Add(1)
+		go func(s int) {
+			defer wg.Done()
+			for f := 0; f < frames; f++ {
+				frame := rpc("r", envelope(fmt.Sprintf("01JFLEETWS%02d%014d", s, f), "echo", `{}`))
+				if err := conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+					tally("websocket", rpcAnswer{})
+					return
+				}
+				_, msg, err := conn.Read(ctx)
+				var a rpcAnswer
+				if err == nil {
+					err = json.Unmarshal(msg, &a)
+				}
+				if err != nil {
+					mu.Lock()
+					problems = append(problems, fmt.Sprintf("socket %d frame %d: %v", s, f, err))
+					mu.Unlock()
+					return
+				}
+				tally("websocket", a)
+			}
+		}(s)
+	}
+	for i := 0; i < posts; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPost, rig.lb+"/asap", strings.NewReader(rpc("r", envelope(fmt.Sprintf("01JFLEETPOST%016d", i), "echo", `{}`))))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set(delegation.Header, token)
+			resp, err := client.Do(req)
+			if err != nil {
+				mu.Lock()
+				problems = append(problems, fmt.Sprintf("post %d: %v", i, err))
+				mu.Unlock()
+				return
+			}
+			defer resp.Body.Close()
+			var a rpcAnswer
+			if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+				mu.Lock()
+				problems = append(problems, fmt.Sprintf("post %d: %v", i, err))
+				mu.Unlock()
+				return
+			}
+			tally("post", a)
+		}(i)
+	}
+	wg.Wait()
+	for _, p := range problems {
+		t.Error(p)
+	}
+	if passed := ok["websocket"] + ok["post"]; passed != 20 || limited != 44 {
+		t.Fatalf("%d passed (%d over WebSocket, %d by POST), %d limited; want exactly 20 and 44", passed, ok["websocket"], ok["post"], limited)
+	}
+	var total int64
+	for _, dir := range rig.dirs {
+		total += rig.summary(dir).TotalTasks
+	}
+	if total != 20 {
+		t.Fatalf("replicas metered %d tasks in all, want 20", total)
+	}
+}
