@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -134,4 +135,70 @@ func TestAuditorChecksAnExportOffline(t *testing.T) {
 	relinked := append([]Entry{}, entries...)
 	relinked[6].PrevHash = relinked[4].Hash
 	check("a broken link", relinked, 6)
+}
+
+// An export is untrusted input to the offline auditor: every malformed
+// shape is an error that says what is wrong (never a panic or a silent
+// partial read), both json and jsonl are read in file order, and keys
+// the reader does not know are skipped.
+func TestReadExportFormsAndMalformedInput(t *testing.T) {
+	entry := func(seq int) string {
+		return fmt.Sprintf(`{"id":"e%d","seq":%d,"timestamp":"2026-01-01T00:00:00Z","operation":"task.started","agent_urn":"urn:asap:agent:a","details":{},"prev_hash":"","hash":"h%d"}`, seq, seq, seq)
+	}
+	cp := `{"size":2,"note":"n"}`
+	for _, tc := range []struct {
+		name, in   string
+		seqs       []uint64 // entries read, in order
+		checkpoint int      // checkpoints returned
+		err        string   // "" for none
+	}{
+		{"json", `{"entries":[` + entry(0) + `,` + entry(1) + `],"checkpoints":[` + cp + `]}`, []uint64{0, 1}, 1, ""},
+		{"json, checkpoints first, count and an unknown key skipped", `{"count":2,"checkpoints":[` + cp + `],"x":{"y":[1,2]},"entries":[` + entry(0) + `,` + entry(1) + `]}`, []uint64{0, 1}, 1, ""},
+		{"json with leading whitespace", "\n\t " + `{"entries":[` + entry(0) + `]}`, []uint64{0}, 0, ""},
+		{"jsonl with a checkpoint line", entry(0) + "\n" + entry(1) + "\n" + `{"type":"checkpoint","size":2,"note":"n"}` + "\n", []uint64{0, 1}, 1, ""},
+		{"empty", "  \n\t", nil, 0, "the export is empty"},
+		{"json entries not a list", `{"entries":{"seq":0}}`, nil, 0, "the export's entries are not a list"},
+		{"json entry unreadable", `{"entries":[` + entry(0) + `,{"seq":"one"}]}`, []uint64{0}, 0, "entry 1 of the export is not readable"},
+		{"json checkpoints unreadable", `{"checkpoints":[{"size":"big"}],"entries":[]}`, nil, 0, "the export's checkpoints are not readable"},
+		{"json cut off inside the entries", `{"entries":[` + entry(0) + `,` + entry(1)[:40], []uint64{0}, 0, "entry 1 of the export is not readable"},
+		{"json cut off after a key", `{"entries":[` + entry(0) + `],"checkpoints"`, []uint64{0}, 0, "checkpoints are not readable"},
+		{"jsonl with a broken line", entry(0) + "\n{not json\n", []uint64{0}, 0, "line 2 of the export is not a JSON entry"},
+		{"csv", "id,seq,timestamp\ne0,0,2026-01-01T00:00:00Z\n", nil, 0, "line 1 of the export is not a JSON entry (give a json or jsonl export; csv carries no checkpoints)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var seqs []uint64
+			cps, err := ReadExport(strings.NewReader(tc.in), func(e *Entry) error { seqs = append(seqs, e.Seq); return nil })
+			switch {
+			case tc.err == "" && err != nil:
+				t.Fatalf("error %v", err)
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("error %v, want one containing %q", err, tc.err)
+			}
+			if fmt.Sprint(seqs) != fmt.Sprint(tc.seqs) {
+				t.Fatalf("entries read %v, want %v", seqs, tc.seqs)
+			}
+			if tc.err == "" && len(cps) != tc.checkpoint {
+				t.Fatalf("%d checkpoints, want %d", len(cps), tc.checkpoint)
+			}
+		})
+	}
+
+	// The entry callback's error stops the read and is returned as is.
+	stop := errors.New("seq 1: hash does not match")
+	for name, in := range map[string]string{
+		"json":  `{"entries":[` + entry(0) + `,` + entry(1) + `,` + entry(2) + `]}`,
+		"jsonl": entry(0) + "\n" + entry(1) + "\n" + entry(2) + "\n",
+	} {
+		n := 0
+		_, err := ReadExport(strings.NewReader(in), func(e *Entry) error {
+			n++
+			if e.Seq == 1 {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) || n != 2 {
+			t.Fatalf("%s: error %v after %d entries; want the callback's error after 2", name, err, n)
+		}
+	}
 }
