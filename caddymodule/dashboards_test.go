@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strings"
@@ -364,5 +365,30 @@ func TestDashboardIsImportable(t *testing.T) {
 	}
 	if targets == 0 {
 		t.Fatal("no queries in the dashboard")
+	}
+}
+
+// The alert rules pass Prometheus's own checks and their unit tests
+// (deploy/prometheus/asap-alerts.test.yaml: each alert fires on the
+// series that should fire it, and stays quiet otherwise). promtool comes
+// with Prometheus (Debian: apt-get install prometheus); CI sets
+// ASAP_REQUIRE_PROMTOOL=1 so that these never go unchecked there.
+func TestAlertRulesPassPromtool(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("ASAP_REQUIRE_PROMTOOL") != "" {
+			t.Fatal("ASAP_REQUIRE_PROMTOOL is set but promtool is not installed")
+		}
+		t.Skip("promtool is not installed (apt-get install prometheus)")
+	}
+	for _, args := range [][]string{
+		{"check", "rules", "asap-alerts.yaml"},
+		{"test", "rules", "asap-alerts.test.yaml"},
+	} {
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = "../deploy/prometheus"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }
