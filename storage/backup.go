@@ -206,10 +206,14 @@ func newFrameReader(r io.Reader) (*frameReader, error) {
 		if err == nil || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("%w: it does not start with %q (an empty, truncated or other file?)", ErrBadBackup, backupMagic[:len(backupMagic)-1])
 		}
-		return nil, fmt.Errorf("storage: reading the backup: %w", err)
+		return nil, readError(err)
 	}
 	return &frameReader{r: r, h: sha256.New(), info: BackupInfo{Bytes: int64(len(backupMagic))}}, nil
 }
+
+// readError is a failure to read the backup, which says nothing about
+// whether the backup itself is whole.
+func readError(err error) error { return fmt.Errorf("storage: reading the backup: %w", err) }
 
 func (f *frameReader) Read(p []byte) (int, error) {
 	if f.err != nil {
@@ -240,14 +244,16 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	f.left -= uint64(n)
 	f.n += uint64(n)
 	f.info.Bytes += int64(n)
-	if err == io.EOF && f.left > 0 {
+	switch {
+	case err == io.EOF && f.left > 0:
 		f.err = fmt.Errorf("%w: it ends inside a frame (truncated)", ErrBadBackup)
-		return n, f.err
+	case err == io.EOF:
+		return n, nil
+	case err != nil:
+		// The backup may be fine: reading it failed.
+		f.err = readError(err)
 	}
-	if err == io.EOF {
-		err = nil
-	}
-	return n, err
+	return n, f.err
 }
 
 // next reads the next frame's length, or the end marker (then io.EOF).
@@ -256,7 +262,7 @@ func (f *frameReader) next() error {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("%w: it ends before its end marker (truncated)", ErrBadBackup)
 		}
-		return err
+		return readError(err)
 	}
 	f.info.Bytes += 8
 	size := binary.LittleEndian.Uint64(f.lenBuf[:])
@@ -276,7 +282,10 @@ func (f *frameReader) next() error {
 func (f *frameReader) end() error {
 	var t [trailerLen]byte
 	if _, err := io.ReadFull(f.r, t[:]); err != nil {
-		return fmt.Errorf("%w: its end marker is cut short (truncated)", ErrBadBackup)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: its end marker is cut short (truncated)", ErrBadBackup)
+		}
+		return readError(err)
 	}
 	f.info.Bytes += trailerLen
 	if got := binary.LittleEndian.Uint64(t[8:]); got != f.n {

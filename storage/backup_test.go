@@ -342,3 +342,52 @@ func TestRestoreRefusesBadTargets(t *testing.T) {
 		t.Error("a restore under a file succeeded")
 	}
 }
+
+// failingReader returns its bytes, then err instead of the rest.
+type failingReader struct {
+	b   []byte
+	err error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.b) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.b)
+	f.b = f.b[n:]
+	return n, nil
+}
+
+// CheckBackup describes the backup as Backup did (its size and snapshot
+// version), and a read error part-way through a backup (a broken pipe,
+// a failing disk) is that error from CheckBackup and Restore, never a
+// success or a generic "damaged".
+func TestCheckBackupInfoAndReadErrors(t *testing.T) {
+	db := openTest(t, t.TempDir())
+	for i := 0; i < 50; i++ {
+		key := SpaceTask.KeyString("a", fmt.Sprintf("k%03d", i))
+		if err := db.Commit(testCtx(t), Strict, func(tx *Tx) error { tx.Set(key, make([]byte, 100)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file, wrote := backupOf(t, db)
+	db.Close()
+	got, err := CheckBackup(bytes.NewReader(file))
+	if err != nil || got != wrote || got.Version == 0 {
+		t.Fatalf("CheckBackup = %+v, %v; Backup reported %+v", got, err, wrote)
+	}
+
+	broken := errors.New("connection reset by peer")
+	for _, at := range []int{len(file) / 3, len(file) - 10} {
+		if _, err := CheckBackup(&failingReader{b: file[:at], err: broken}); !errors.Is(err, broken) {
+			t.Errorf("CheckBackup with a read error after %d of %d bytes: %v; want that error", at, len(file), err)
+		}
+		dir := t.TempDir()
+		if _, err := Restore(Options{Dir: dir}, &failingReader{b: file[:at], err: broken}); !errors.Is(err, broken) {
+			t.Errorf("Restore with a read error after %d of %d bytes: %v; want that error", at, len(file), err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("Restore that failed left %d files in %s", len(entries), dir)
+		}
+	}
+}
