@@ -388,10 +388,11 @@ func (db *DB) syncAndRelease(groups [][]*pending) {
 		err = fmt.Errorf("storage: sync: %w", err)
 	}
 	for _, g := range groups {
+		// Uncounted first: a writer that returns is no longer waiting.
+		db.unsynced.Add(-int64(len(g)))
 		for _, p := range g {
 			p.finish(err)
 		}
-		db.unsynced.Add(-int64(len(g)))
 	}
 }
 

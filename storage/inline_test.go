@@ -271,7 +271,7 @@ func TestCommitThenUnderConcurrency(t *testing.T) {
 	if n != workers*per {
 		t.Fatalf("counter %d after %d writes: a write was lost or applied twice", n, workers*per)
 	}
-	if q, u := db.queued.Load(), db.unsynced.Load(); q != 0 || u != 0 {
-		t.Fatalf("queued %d, unsynced %d after every write returned; want 0 and 0", q, u)
-	}
+	// A relaxed writer returns once committed, a moment before the commit
+	// loop uncounts its group: the counts settle, they need not be 0 yet.
+	waitFor(t, "the pipeline's counts to return to 0", func() bool { return db.queued.Load() == 0 && db.unsynced.Load() == 0 })
 }
