@@ -21,10 +21,10 @@ bench:
 
 # The fuzz targets as CI runs them.
 fuzz:
-	go test -run=NONE -fuzz=FuzzParseRequest -fuzztime=20s ./caddymodule/protocol/
-	go test -run=NONE -fuzz=FuzzScanResponseMatchesDecoder -fuzztime=15s ./caddymodule/protocol/
-	go test -run=NONE -fuzz=FuzzParseMetricsMatchesDecoder -fuzztime=10s ./caddymodule/metering/
-	go test -run=NONE -fuzz=FuzzWebSocketFrame -fuzztime=15s ./caddymodule/
+	go test -run=NONE -fuzz=FuzzParseRequest -fuzztime=200000x ./caddymodule/protocol/
+	go test -run=NONE -fuzz=FuzzScanResponseMatchesDecoder -fuzztime=150000x ./caddymodule/protocol/
+	go test -run=NONE -fuzz=FuzzParseMetricsMatchesDecoder -fuzztime=50000x ./caddymodule/metering/
+	go test -run=NONE -fuzz=FuzzWebSocketFrame -fuzztime=400x ./caddymodule/
 
 # The image from the Dockerfile (pulls golang:1.26).
 image:
