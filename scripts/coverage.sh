@@ -13,9 +13,11 @@ trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir/unit" "$dir/e2e" "$dir/merged"
 pkgs=$(go list ./... | grep -v /e2e)
 # Unit tests, each package's counters for the whole module.
-go test -count=1 -cover -coverpkg=github.com/asap-sidecar/asap-sidecar/... $pkgs -args -test.gocoverdir="$dir/unit" >/dev/null
+# A failing run prints what failed (the passing output is not needed).
+quiet() { "$@" >"$dir/run.log" 2>&1 || { grep -vE '^(ok|\?) ' "$dir/run.log" >&2; return 1; }; }
+quiet go test -count=1 -cover -coverpkg=github.com/asap-sidecar/asap-sidecar/... $pkgs -args -test.gocoverdir="$dir/unit"
 # e2e: the binary is built with -cover and writes to ASAP_E2E_COVERDIR.
-ASAP_E2E_COVERDIR="$dir/e2e" go test -count=1 ./e2e >/dev/null
+ASAP_E2E_COVERDIR="$dir/e2e" quiet go test -count=1 ./e2e
 go tool covdata merge -i="$dir/unit,$dir/e2e" -o="$dir/merged"
 go tool covdata textfmt -i="$dir/merged" -o="$dir/cover.out"
 # covdata prints "<pkg> coverage: N% of statements" (a package without
