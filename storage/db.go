@@ -94,6 +94,9 @@ type DB struct {
 	// unsynced counts strict writes committed and not yet released by a
 	// sync. A writer that swaps it from 0 syncs on its own goroutine.
 	unsynced atomic.Int64
+	// syncEnded is signalled after each strict sync has released its
+	// writers (see holdForSync).
+	syncEnded chan struct{}
 }
 
 // deps are what the pipeline depends on outside itself: the fsync and the
@@ -202,6 +205,8 @@ func open(opts Options, d deps) (*DB, error) {
 		queue:  make(chan *pending, 4*opts.MaxBatch),
 		syncQ:  make(chan []*pending, 1024),
 		stop:   make(chan struct{}),
+
+		syncEnded: make(chan struct{}, 1),
 
 		logs:          newLogSyncer(opts.Dir),
 		vlogThreshold: bopts.ValueThreshold,
