@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/asap-sidecar/asap-sidecar/storage"
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -156,4 +158,33 @@ func (r *rotated) resign(t *testing.T, size uint64, s note.Signer) []byte {
 		t.Fatal(err)
 	}
 	return signed
+}
+
+// The history is in the order the keys took over the log (first size),
+// not the order their clocks say: a key that took over later with its
+// clock set back is still listed after the key it replaced.
+func TestKeyHistoryIsOrderedByFirstSize(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	l := New(db)
+	early := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	uses := []KeyUse{
+		// Stored under "a…", so a scan meets it first; its clock read
+		// earlier, but it took over at size 8.
+		{VKey: "a+00000001+later", FirstSize: 8, LastSize: 9, FirstUsed: early, LastUsed: early},
+		{VKey: "b+00000002+first", FirstSize: 3, LastSize: 5, FirstUsed: early.Add(time.Hour), LastUsed: early.Add(time.Hour)},
+	}
+	if err := db.Commit(context.Background(), storage.Strict, func(tx *storage.Tx) error {
+		for _, u := range uses {
+			b, _ := json.Marshal(u)
+			tx.Set(keyUseKey(u.VKey), b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := l.KeyHistory()
+	if err != nil || len(h) != 2 || h[0].FirstSize != 3 || h[1].FirstSize != 8 {
+		t.Fatalf("history %+v, %v; want the key of size 3 before the key of size 8", h, err)
+	}
 }

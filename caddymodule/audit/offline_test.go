@@ -86,8 +86,12 @@ func TestAuditorChecksAnExportOffline(t *testing.T) {
 	if err != nil || len(cons) != len(wantCons) {
 		t.Fatalf("consistency: %v", err)
 	}
-	if _, _, err := a.InclusionProof(11, 11, parsed[0].Hash); err == nil {
-		t.Error("an inclusion proof of a seq past the tree")
+	if _, _, err := a.InclusionProof(11, 11, parsed[0].Hash); err == nil || !strings.Contains(err.Error(), "seq 11 is not in a tree of size 11") {
+		t.Errorf("an inclusion proof of the seq just past the tree: %v; want it refused as not in the tree", err)
+	}
+	// The tree is consistent with itself: an empty proof.
+	if same, err := a.ConsistencyProof(11, 11, parsed[0].Hash); err != nil || len(same) != 0 {
+		t.Errorf("consistency of size 11 with itself: %d hashes, %v; want none and no error", len(same), err)
 	}
 	if _, err := a.ConsistencyProof(12, 11, parsed[0].Hash); err == nil {
 		t.Error("a consistency proof from past the tree")
@@ -200,5 +204,22 @@ func TestReadExportFormsAndMalformedInput(t *testing.T) {
 		if !errors.Is(err, stop) || n != 2 {
 			t.Fatalf("%s: error %v after %d entries; want the callback's error after 2", name, err, n)
 		}
+	}
+}
+
+// A checkpoint of the empty log (a sidecar signs one before its first
+// task) checks against the empty tree's root.
+func TestAuditorChecksTheEmptyLogsCheckpoint(t *testing.T) {
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	l := New(db)
+	signer, verifier := testSigner(t)
+	empty, err := l.Checkpoint(context.Background(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := (&Auditor{}).CheckCheckpoints([]NamedCheckpoint{{"empty", empty}}, []note.Verifier{verifier})
+	if err != nil || len(parsed) != 1 || parsed[0].Size != 0 {
+		t.Fatalf("the empty log's checkpoint: %+v, %v; want it checked at size 0", parsed, err)
 	}
 }
