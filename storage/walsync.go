@@ -47,6 +47,9 @@ type logSyncer struct {
 	// vlogWritten is set when the value log may have taken writes since
 	// its last sync.
 	vlogWritten atomic.Bool
+	// dirOwed: a log file was adopted whose directory entry has not been
+	// synced yet; every sync tries until one succeeds.
+	dirOwed bool
 }
 
 // logSeq follows one sequence of log files.
@@ -72,7 +75,14 @@ func (s *logSyncer) Sync() error {
 			s.vlogWritten.Store(true) // not durable yet: the next sync retries
 		}
 	}
-	return errors.Join(memErr, vlErr)
+	var dirErr error
+	if s.dirOwed {
+		// The new files' names must survive a crash too.
+		if dirErr = syncDir(s.dir); dirErr == nil {
+			s.dirOwed = false
+		}
+	}
+	return errors.Join(memErr, vlErr, dirErr)
 }
 
 // syncSeq syncs the newest file synced last time (Badger may have
@@ -94,6 +104,7 @@ func (s *logSyncer) syncSeq(q *logSeq) error {
 	if err != nil {
 		return err
 	}
+	s.dirOwed = true
 	for _, fid := range fids {
 		if q.f != nil && fid <= q.fid {
 			continue
@@ -114,8 +125,7 @@ func (s *logSyncer) syncSeq(q *logSeq) error {
 		}
 		q.f, q.fid = f, fid
 	}
-	// The new files' names must survive a crash too.
-	return syncDir(s.dir)
+	return nil
 }
 
 func (s *logSyncer) path(q *logSeq, fid int) string {
