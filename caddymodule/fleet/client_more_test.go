@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -144,18 +143,11 @@ func TestAsyncNATSErrorsAreLogged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := logs.FilterMessage("fleet: NATS reported an error").FilterLevelExact(zapcore.WarnLevel).All()
-		if len(got) > 0 {
-			if e, ok := got[0].ContextMap()["error"].(string); !ok || !strings.Contains(e, "slow consumer") {
-				t.Fatalf("logged %+v, want the slow consumer error", got[0].ContextMap())
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning after 10s; logged %d entries", logs.Len())
-		}
-		time.Sleep(5 * time.Millisecond)
+	warned := func() []observer.LoggedEntry {
+		return logs.FilterMessage("fleet: NATS reported an error").FilterLevelExact(zapcore.WarnLevel).All()
+	}
+	waitUntil(t, func() bool { return len(warned()) > 0 })
+	if e, ok := warned()[0].ContextMap()["error"].(string); !ok || !strings.Contains(e, "slow consumer") {
+		t.Fatalf("logged %+v, want the slow consumer error", warned()[0].ContextMap())
 	}
 }
