@@ -271,6 +271,9 @@ func checkUsage(u *Usage) error {
 		return errors.New("no event timestamp")
 	case u.Event.Timestamp.UTC().Year() > 9999:
 		return errors.New("event timestamp after year 9999")
+	case u.Event.Timestamp.Before(time.Unix(0, 0)):
+		// Usage ids are ULIDs, which start in 1970: the store refuses it.
+		return errors.New("event timestamp before 1970")
 	}
 	return nil
 }

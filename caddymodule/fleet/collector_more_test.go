@@ -287,13 +287,12 @@ func TestCheckpointsAreSortedByOriginThenAgent(t *testing.T) {
 	}
 }
 
-// BUG: a usage timed before 1970 passes checkUsage but can never be
-// stored (metering.Store.Put: ulid.New refuses negative Unix times), so
-// its batch fails every time, it is never acked, and it is redelivered
-// forever instead of being counted as malformed and skipped as the
-// collector does with every other message it cannot store.
+// A usage timed before 1970 can never be stored (usage ids are ULIDs,
+// which start in 1970): it is counted as malformed and skipped like every
+// other message the collector cannot store, and the valid usage beside it
+// is ingested. (It used to fail its batch every time, unacked, and be
+// redelivered forever.)
 func TestCollectorSkipsAUsageBefore1970(t *testing.T) {
-	t.Skip("BUG: checkUsage accepts timestamps before 1970 that metering.Store.Put cannot store; the message is redelivered forever")
 	n := natstest.Start(t)
 	pub := connect(t, n.URL())
 	ready(t, pub)
