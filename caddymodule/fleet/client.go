@@ -71,6 +71,7 @@ func Connect(o Options) (*Client, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	c := &Client{logger: logger, timeout: 2 * time.Second, keepAfterExpiry: KeepAfterExpiry}
 	opts := []nats.Option{
 		nats.Name(o.Name),
 		nats.RetryOnFailedConnect(true),
@@ -85,6 +86,10 @@ func Connect(o Options) (*Client, error) {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("fleet: NATS connection back", zap.String("server", nc.ConnectedUrlRedacted()))
+			// It may be a NATS that lost its store: set up again.
+			c.mu.Lock()
+			c.ready = false
+			c.mu.Unlock()
 		}),
 	}
 	if o.Credentials != "" {
@@ -104,7 +109,8 @@ func Connect(o Options) (*Client, error) {
 		nc.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
-	return &Client{nc: nc, js: js, logger: logger, timeout: 2 * time.Second, keepAfterExpiry: KeepAfterExpiry}, nil
+	c.nc, c.js = nc, js
+	return c, nil
 }
 
 // checkCredentials reads a NATS .creds file as nats.UserCredentials will:
@@ -194,6 +200,22 @@ func (c *Client) setup(ctx context.Context) error {
 	c.limits = kv
 	c.ready = true
 	return nil
+}
+
+// lost notes err from a NATS operation: when it says a stream, bucket or
+// consumer is missing (a NATS that lost its store, say a restarted pod
+// without a volume, or an operator deleting a stream), the next operation
+// sets them up again. It returns err.
+func (c *Client) lost(err error) error {
+	if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound) ||
+		errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrNoResponders) {
+		c.mu.Lock()
+		c.ready = false
+		c.mu.Unlock()
+	}
+	return err
 }
 
 // opContext bounds one NATS operation.

@@ -205,7 +205,7 @@ func (k *Collector) consumer(ctx context.Context, stream string) (jetstream.Cons
 		MaxAckPending: 4 * k.opts.Batch,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: consumer %s on %s: %v", ErrUnavailable, k.opts.Durable, stream, err)
+		return nil, fmt.Errorf("%w: consumer %s on %s: %v", ErrUnavailable, k.opts.Durable, stream, k.c.lost(err))
 	}
 	return cons, nil
 }
@@ -215,21 +215,22 @@ func (k *Collector) consumer(ctx context.Context, stream string) (jetstream.Cons
 func (k *Collector) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	msgs, err := drain(cons.FetchNoWait(k.opts.Batch))
 	if err != nil || len(msgs) > 0 {
-		return msgs, err
+		return msgs, k.c.lost(err)
 	}
-	return drain(cons.Fetch(1, jetstream.FetchMaxWait(k.wait)))
+	msgs, err = drain(cons.Fetch(1, jetstream.FetchMaxWait(k.wait)))
+	return msgs, k.c.lost(err)
 }
 
 func drain(b jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	if err != nil {
-		return nil, fmt.Errorf("%w: fetching: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: fetching: %w", ErrUnavailable, err)
 	}
 	var msgs []jetstream.Msg
 	for m := range b.Messages() {
 		msgs = append(msgs, m)
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-		return msgs, fmt.Errorf("%w: fetching: %v", ErrUnavailable, err)
+		return msgs, fmt.Errorf("%w: fetching: %w", ErrUnavailable, err)
 	}
 	return msgs, nil
 }

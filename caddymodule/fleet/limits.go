@@ -120,7 +120,7 @@ func (c *Client) Count(ctx context.Context, hash string) (int64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%w: reading the count: %v", ErrUnavailable, err)
+		return 0, fmt.Errorf("%w: reading the count: %v", ErrUnavailable, c.lost(err))
 	}
 	return strconv.ParseInt(string(e.Value()), 10, 64)
 }
@@ -141,7 +141,7 @@ func (c *Client) update(ctx context.Context, key string, expires time.Time, next
 			case errors.Is(err, jetstream.ErrKeyNotFound):
 				st = kvState{}
 			case err != nil:
-				return fmt.Errorf("%w: reading a task count: %v", ErrUnavailable, err)
+				return fmt.Errorf("%w: reading a task count: %v", ErrUnavailable, c.lost(err))
 			default:
 				n, perr := strconv.ParseInt(string(e.Value()), 10, 64)
 				if perr != nil {
@@ -167,7 +167,7 @@ func (c *Client) update(ctx context.Context, key string, expires time.Time, next
 			return nil
 		}
 		if !isConflict(err) {
-			return fmt.Errorf("%w: writing a task count: %v", ErrUnavailable, err)
+			return fmt.Errorf("%w: writing a task count: %v", ErrUnavailable, c.lost(err))
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())

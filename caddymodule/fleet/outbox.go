@@ -193,7 +193,7 @@ func (o *Outbox) publishBatch(ctx context.Context, c *Client) (int, error) {
 		}
 		f, err := c.js.PublishAsync(e.m.Subject, e.m.Data, jetstream.WithMsgID(e.m.ID))
 		if err != nil {
-			return 0, fmt.Errorf("%w: publishing: %v", ErrUnavailable, err)
+			return 0, fmt.Errorf("%w: publishing: %v", ErrUnavailable, c.lost(err))
 		}
 		futures[i] = f
 	}
@@ -211,7 +211,7 @@ wait:
 		case <-f.Ok():
 			done = append(done, batch[i].key)
 		case err := <-f.Err():
-			firstErr = fmt.Errorf("%w: publish not acknowledged: %v", ErrUnavailable, err)
+			firstErr = fmt.Errorf("%w: publish not acknowledged: %v", ErrUnavailable, c.lost(err))
 			break wait // keep order: nothing after an unacknowledged message is removed
 		case <-timeout.C:
 			firstErr = fmt.Errorf("%w: no acknowledgement within %s", ErrUnavailable, c.timeout)

@@ -71,7 +71,7 @@ func (c *Client) followOnce(ctx context.Context, after uint64, apply func(contex
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: after + 1}
 	cons, err := c.js.OrderedConsumer(ctx, RevocationStream, cfg)
 	if err != nil {
-		return after, fmt.Errorf("%w: subscribing to %s: %v", ErrUnavailable, RevocationStream, err)
+		return after, fmt.Errorf("%w: subscribing to %s: %v", ErrUnavailable, RevocationStream, c.lost(err))
 	}
 	it, err := cons.Messages()
 	if err != nil {
@@ -86,7 +86,7 @@ func (c *Client) followOnce(ctx context.Context, after uint64, apply func(contex
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return after, ctx.Err()
 			}
-			return after, err
+			return after, c.lost(err)
 		}
 		meta, err := msg.Metadata()
 		if err != nil {

@@ -5,6 +5,7 @@ package natstest
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -50,6 +51,17 @@ func (n *Server) Start() {
 		n.t.Fatalf("nats server on port %d not ready after 10s", n.port)
 	}
 	n.s = s
+}
+
+// Wipe stops the server, deletes its store and starts it again: a NATS
+// that lost its data (a pod restarted without its volume).
+func (n *Server) Wipe() {
+	n.t.Helper()
+	n.Stop()
+	if err := os.RemoveAll(n.dir); err != nil {
+		n.t.Fatal(err)
+	}
+	n.Start()
 }
 
 // Stop shuts the server down and waits until it is gone.
